@@ -1,0 +1,28 @@
+# The README's two commands are `make demo` and `make test`; both install first when needed.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test models clean
+
+install: $(STAMP)
+
+# Reinstall only when the dependency list or the pins change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+models: install
+	$(BIN)/mixer-scaling models
+
+clean:
+	rm -rf runs outputs multirun wandb .pytest_cache

@@ -1,0 +1,212 @@
+"""The training loop: optimizer and schedule from timm's factories, checkpoint/resume, logging.
+
+Everything a resumed run needs is in the checkpoint or follows from the step (the batch order is a
+pure function of (seed, step), see :mod:`mixer_scaling.stream`), so on CPU an interrupted and
+resumed run ends bit for bit like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .errors import ConfigError
+from .stream import StreamSampler, total_steps
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion")
+SCHEDULES = {"linear": ("poly", 1.0), "cosine": ("cosine", 0.1)}  # ours → (timm sched, decay_rate)
+
+
+def check_train_cfg(t: Mapping) -> None:
+    """Cheap checks of the ``train`` group, one clear line each."""
+    def need(cond: bool, key: str, allowed: str) -> None:
+        if not cond:
+            raise ConfigError(f"train.{key}={t.get(key)!r} is not allowed; {allowed}")
+
+    for key in ("examples_seen", "batch_size"):
+        v = t.get(key)
+        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, key, "expected an integer > 0")
+    need(isinstance(t.get("lr"), (int, float)) and t.get("lr") > 0, "lr", "expected a number > 0")
+    need(t.get("optimizer") in OPTIMIZERS, "optimizer", f"choose one of: {', '.join(OPTIMIZERS)}")
+    need(t.get("schedule") in SCHEDULES, "schedule", f"choose one of: {', '.join(SCHEDULES)}")
+    need(isinstance(t.get("warmup_steps"), int) and t.get("warmup_steps") >= 0, "warmup_steps", "expected an integer >= 0")
+    need(t.get("weight_decay", 0) >= 0, "weight_decay", "expected a number >= 0")
+    need(t.get("grad_clip") is None or t.get("grad_clip") > 0, "grad_clip", "expected a number > 0 or null")
+    need(0 <= t.get("mixup", 0) <= 10, "mixup", "expected a Beta alpha >= 0 (0 turns mixup off)")
+    need(0 <= t.get("label_smoothing", 0) < 1, "label_smoothing", "expected a number in [0, 1)")
+    for key in ("log_every", "checkpoint_every", "eval_every"):
+        need(isinstance(t.get(key), int) and t.get(key) >= 0, key, "expected an integer >= 0 (0: only at the end)")
+
+
+def build_optimizer(model: torch.nn.Module, t: Mapping) -> torch.optim.Optimizer:
+    kw = {"betas": tuple(t.betas)} if t.optimizer in ("adam", "adamw", "lamb", "lion") else {}
+    # timm leaves biases and norm parameters out of weight decay, as big_vision's recipes do.
+    return create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, **kw)
+
+
+def build_scheduler(optimizer, t: Mapping, steps: int):
+    """Linear warmup from 0, then linear (the paper) or cosine decay, stepped per update."""
+    sched, decay_rate = SCHEDULES[t.schedule]
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=sched, num_epochs=steps, decay_rate=decay_rate, min_lr=t.min_lr,
+        warmup_lr=0.0, warmup_epochs=min(t.warmup_steps, max(steps - 1, 0)),
+        step_on_epochs=False, updates_per_epoch=1,
+    )
+    return scheduler
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT/SIGUSR1); a checkpoint was written at ``step``."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name} at step {step}; checkpoint saved")
+        self.step, self.signum = step, signum
+
+
+@contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)):
+    """Turn stop signals into a flag checked between steps, so a checkpoint is never taken mid-update."""
+    state = {"signum": None}
+    previous = {}
+
+    def handler(signum, frame):
+        state["signum"] = signum
+
+    try:
+        for s in signals:
+            previous[s] = signal.signal(s, handler)
+    except ValueError:  # not the main thread: leave signals to the caller
+        previous = {}
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Loop:
+    """What one training loop needs; built by :mod:`mixer_scaling.train`."""
+
+    model: torch.nn.Module
+    train_set: torch.utils.data.Dataset
+    collate_fn: Callable | None
+    num_classes: int
+    cfg: Mapping                    # the `train` group
+    seed: int
+    device: torch.device
+    ckpt_path: Path
+    on_log: Callable[[dict], None]  # gets one metrics row per logging step
+    on_eval: Callable[[int], dict] | None = None
+    on_resume: Callable[[int], None] | None = None  # gets the step training (re)starts from
+    num_workers: int = 0
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+    counters: dict = field(default_factory=lambda: {"train_seconds": 0.0, "examples": 0})
+
+    @property
+    def steps(self) -> int:
+        return total_steps(self.cfg.examples_seen, self.cfg.batch_size)
+
+    def run(self) -> dict:
+        """Train to the end (or to a stop signal). Returns the compute counters."""
+        t, model, device = self.cfg, self.model, self.device
+        optimizer = build_optimizer(model, t)
+        scheduler = build_scheduler(optimizer, t, self.steps)
+        start = 0
+        ckpt = checkpoint.load(self.ckpt_path)
+        if ckpt is not None:
+            checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+            start, self.counters = ckpt["step"], dict(ckpt["counters"])
+            log.info("resuming from step %d of %d", start, self.steps)
+        if self.on_resume:
+            self.on_resume(start)
+        if start >= self.steps:
+            return self.counters
+
+        sampler = StreamSampler(len(self.train_set), t.batch_size, self.steps, seed=self.seed,
+                                start_step=start, rank=self.rank, world_size=self.world_size)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, pin_memory=device.type == "cuda",
+                            # its own generator, so building the loader never draws from the global RNG
+                            generator=torch.Generator().manual_seed(self.seed + start))
+        mixup = Mixup(mixup_alpha=t.mixup, label_smoothing=t.label_smoothing, num_classes=self.num_classes) \
+            if t.mixup > 0 else None
+        loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+        model.train()
+        window_loss, window_n, window_t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        seg_t0 = time.perf_counter()
+        bar = tqdm(total=self.steps, initial=start, disable=not self.progress or self.rank != 0,
+                   desc="train", unit="step", dynamic_ncols=True, leave=False)
+        step = start
+        with stop_on_signals() as stop:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if mixup:
+                    x, y = mixup(x, y)
+                with autocast:
+                    loss = loss_fn(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+                optimizer.step()
+                step += 1
+                scheduler.step_update(num_updates=step)
+                window_loss += loss.detach()
+                window_n += 1
+                bar.update(1)
+
+                last = step == self.steps
+                if (t.log_every and step % t.log_every == 0) or last:
+                    now = time.perf_counter()
+                    row = {
+                        "step": step,
+                        "examples": step * t.batch_size,
+                        "epoch": step * t.batch_size / len(self.train_set),
+                        "train/loss": (window_loss / window_n).item(),
+                        "train/grad_norm": float(grad_norm),
+                        "train/lr": optimizer.param_groups[0]["lr"],
+                        "train/img_per_s": window_n * t.batch_size / (now - window_t0),
+                    }
+                    bar.set_postfix(loss=f"{row['train/loss']:.3f}")
+                    self.on_log(row)
+                    window_loss.zero_()
+                    window_n, window_t0 = 0, time.perf_counter()
+                if self.on_eval and t.eval_every and step % t.eval_every == 0 and not last:
+                    self.on_log({"step": step, **self.on_eval(step)})
+                    model.train()
+                stopping = stop["signum"] is not None
+                if last or stopping or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                    now = time.perf_counter()
+                    self.counters["train_seconds"] += now - seg_t0
+                    self.counters["examples"] = step * t.batch_size
+                    seg_t0 = now
+                    if self.rank == 0:
+                        checkpoint.save(self.ckpt_path, model=model, optimizer=optimizer,
+                                        scheduler=scheduler, step=step, counters=self.counters)
+                if stopping:
+                    bar.close()
+                    raise Interrupted(step, stop["signum"])
+        bar.close()
+        return self.counters

@@ -1,0 +1,179 @@
+"""A run's identity, its directory and its record (``result.json``).
+
+One place owns the run-directory layout and the record schema (documented in the README):
+
+    <runs_dir>/<run_id>/
+        config.yaml     the resolved config
+        result.json     the record: status, what was trained, cost, metrics (atomic writes)
+        metrics.jsonl   one JSON line per logging step
+        checkpoint.pt   the last complete checkpoint (see :mod:`mixer_scaling.checkpoint`)
+        wandb/          the W&B client's files (offline runs can be synced later)
+
+``run_id`` is a short hash of the resolved config without the keys that do not change results
+(paths, logging cadence, W&B settings), as dora does: the same experiment always lands in the
+same directory, which is what makes reruns resume and finished runs skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+# Record states. `interrupted`: stopped by a signal (preemption, time limit) with a checkpoint to resume from.
+RUNNING, INTERRUPTED, DONE, FAILED = "running", "interrupted", "done", "failed"
+STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
+
+# Dotted keys (or prefixes) left out of the identity hash: where things are written, how often we log or
+# checkpoint, how many loader workers, how progress is shown. None of them changes what is computed.
+IDENTITY_IGNORE = (
+    "runs_dir",
+    "study",
+    "wandb",
+    "progress",
+    "data.root",
+    "data.download",
+    "data.verify_images",
+    "data.num_workers",
+    "fewshot.root",
+    "train.log_every",
+    "train.checkpoint_every",
+    "hydra",
+)
+
+
+def _drop(tree: Any, ignore: Iterable[str], prefix: str = "") -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted in ignore:
+            continue
+        out[key] = _drop(value, ignore, dotted + ".")
+    return out
+
+
+def identity(cfg: DictConfig | Mapping) -> dict:
+    """The part of the resolved config that defines the experiment."""
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return _drop(tree, IDENTITY_IGNORE)
+
+
+def run_id_of(cfg: DictConfig | Mapping, length: int = 10) -> str:
+    """Stable short hash of :func:`identity` (canonical JSON, sorted keys)."""
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:length]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    Readers see the old file or the new one, never a partial one, even if we are killed mid-write.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """The run's record, or None when there is none yet."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class Record:
+    """The mutable record of one run; every :meth:`save` rewrites ``result.json`` atomically."""
+
+    def __init__(self, run_dir: Path, fields: dict):
+        self.run_dir = Path(run_dir)
+        self.fields = fields
+
+    @classmethod
+    def open(cls, run_dir: Path, base: dict) -> "Record":
+        """Start or continue a record: fields of a previous attempt (counters, restarts) are kept."""
+        previous = read_record(run_dir) or {}
+        fields = {**previous, **base}
+        fields.setdefault("started_at", _now())
+        fields["attempts"] = previous.get("attempts", 0) + 1
+        fields.setdefault("metrics", {})
+        return cls(run_dir, fields)
+
+    def update(self, **kw) -> "Record":
+        self.fields.update(kw)
+        return self
+
+    def save(self, status: str | None = None) -> None:
+        if status is not None:
+            assert status in STATUSES, status
+            self.fields["status"] = status
+        self.fields["updated_at"] = _now()
+        atomic_write_json(self.run_dir / RESULT_FILE, self.fields)
+
+    def __getitem__(self, key):
+        return self.fields[key]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logging step, appended and flushed as we go.
+
+    On resume from a checkpoint at step s, lines logged after s (by the attempt that was cut off) are
+    dropped, so the file of a resumed run ends like the file of an uninterrupted one.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_bytes(self.path, "".join(l + "\n" for l in kept).encode())
+
+    def append(self, row: Mapping) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny, fast run config and helpers to run the real entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests never talk to the W&B servers; runs that exercise W&B use its real client in offline mode.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small enough for seconds on 2 CPU cores, large enough to exercise every stage of a run.
+TINY = [
+    "train.examples_seen=1024",
+    "train.batch_size=64",
+    "train.warmup_steps=2",
+    "train.log_every=2",
+    "train.checkpoint_every=4",
+    "data.size=2000",
+    "data.val_size=256",
+    "fewshot.shots=[1,5]",
+    "eval.batch_size=128",
+    "eval.throughput_batch_sizes=[8,32]",
+    "eval.throughput_repeats=1",
+    "wandb.mode=disabled",
+    "progress=false",
+]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Overrides for a seconds-long run writing under tmp_path/runs."""
+    return [*TINY, f"runs_dir={tmp_path / 'runs'}"]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a real entry point (``python -m ...``) as a user would, in ``cwd``."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
