@@ -1,0 +1,273 @@
+"""MLP-Mixer (Tolstikhin et al. 2021, arXiv 2105.01601), written for this project.
+
+The network is a per-patch linear embedding ("stem"), ``num_blocks`` Mixer layers, a final
+LayerNorm, global average pooling over tokens and a zero-initialised linear head. Each Mixer
+layer is pre-norm with two residual MLPs::
+
+    x = x + DropPath(MLP_tokens(LN(x)ᵀ)ᵀ)    # token mixing: one MLP over the S tokens, shared by all C channels
+    x = x + DropPath(MLP_channels(LN(x)))    # channel mixing: one MLP over the C channels, shared by all S tokens
+
+Module names follow timm's ``MlpMixer`` exactly (``stem.proj``, ``blocks.{i}.norm1``,
+``blocks.{i}.mlp_tokens.fc1/fc2``, ``blocks.{i}.norm2``, ``blocks.{i}.mlp_channels.fc1/fc2``,
+``norm``, ``head``), so a timm ``mixer_*`` state dict loads into :class:`MlpMixer` with
+``strict=True`` and gives the same logits when ``gelu='exact'`` (tested in ``tests/test_models.py``).
+
+Differences from timm worth knowing:
+
+* ``gelu='tanh'`` selects the tanh approximation of GELU that the official JAX code uses
+  (``flax.linen.gelu`` defaults to ``approximate=True``); ``'exact'`` is the erf form timm uses.
+* ``drop_path_rate`` rises linearly over blocks from 0 (first block) to ``drop_path_rate`` (last
+  block), as the paper's ImageNet recipe describes; timm 1.0 applies the same rate to every block.
+* The number of tokens is fixed when the model is built, because the token-mixing MLP's weights
+  have shape ``(D_S, S)``. Any image size divisible by the patch size can be chosen at
+  construction; feeding another size raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+__all__ = ["MlpBlock", "MixerBlock", "MlpMixer", "PatchStem", "make_gelu"]
+
+GeluKind = Literal["exact", "tanh"]
+GELU_KINDS = ("exact", "tanh")
+LN_EPS = 1e-6
+
+
+def make_gelu(gelu: str) -> nn.GELU:
+    """Return ``nn.GELU`` with the erf form (``'exact'``) or the tanh approximation (``'tanh'``)."""
+    if gelu == "exact":
+        return nn.GELU()
+    if gelu == "tanh":
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"gelu={gelu!r} is not supported; allowed: exact, tanh")
+
+
+class MlpBlock(nn.Module):
+    """Two-layer MLP ``fc2(drop(GELU(fc1(x))))`` applied along the last axis.
+
+    Used twice per Mixer layer: on the transposed token axis (``in_features = S``, hidden ``D_S``)
+    and on the channel axis (``in_features = C``, hidden ``D_C``). The output has ``in_features``
+    features, so the MLP can sit on a residual branch.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, gelu: GeluKind = "exact", drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = make_gelu(gelu)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class MixerBlock(nn.Module):
+    """One Mixer layer: pre-norm token-mixing MLP then pre-norm channel-mixing MLP, each residual.
+
+    Input and output are ``(B, S, C)``. The token-mixing MLP runs on a transposed *view*
+    ``(B, C, S)`` of the normalised activations (no explicit copy; ``nn.Linear`` handles the
+    strides), so its weights are shared across the C channels; the channel-mixing MLP is shared
+    across the S tokens. ``drop_path`` is the stochastic-depth probability of this block, applied
+    per sample to both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        tokens_mlp_dim: int,
+        channels_mlp_dim: int,
+        gelu: GeluKind = "exact",
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp_tokens = MlpBlock(num_tokens, tokens_mlp_dim, gelu=gelu, drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp_channels = MlpBlock(dim, channels_mlp_dim, gelu=gelu, drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2))
+        x = x + self.drop_path(self.mlp_channels(self.norm2(x)))
+        return x
+
+
+class PatchStem(nn.Module):
+    """Per-patch linear embedding: ``Conv2d(kernel=stride=patch)`` then flatten to ``(B, S, C)``.
+
+    Tokens are ordered row-major over the patch grid (``S = (H/P)·(W/P)``), as in timm and the
+    official code.
+    """
+
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"input image size {tuple(x.shape[-2:])} does not match the size this Mixer was built for "
+                f"{self.img_size} (the token count is fixed at construction)"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def _to_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    h, w = img_size
+    return (int(h), int(w))
+
+
+class MlpMixer(nn.Module):
+    """MLP-Mixer classifier.
+
+    Args:
+        num_classes: size of the head (>= 1; ``0`` gives ``nn.Identity`` as the head).
+        img_size: input resolution, an int or ``(H, W)``; both must be divisible by ``patch_size``.
+        patch_size: P; the stem is a P×P conv with stride P.
+        num_blocks: number of Mixer layers.
+        embed_dim: hidden width C.
+        tokens_mlp_dim: D_S, hidden width of the token-mixing MLP.
+        channels_mlp_dim: D_C, hidden width of the channel-mixing MLP.
+        in_chans: input channels.
+        gelu: ``'exact'`` (erf, timm) or ``'tanh'`` (official JAX).
+        drop_rate: dropout on the pooled pre-logits, before the head (as timm's ``drop_rate``).
+        proj_drop_rate: dropout inside both MLPs (after the GELU and after ``fc2``). The paper
+            uses none; kept for experiments.
+        drop_path_rate: stochastic depth of the last block; block ``i`` gets
+            ``drop_path_rate · i / (num_blocks - 1)``.
+
+    ``forward_features`` returns the pre-logits ``(B, C)`` (final LayerNorm, then mean over
+    tokens), which few-shot evaluation uses; ``forward`` returns ``head(dropout(pre-logits))``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        num_blocks: int = 8,
+        embed_dim: int = 512,
+        tokens_mlp_dim: int = 256,
+        channels_mlp_dim: int = 2048,
+        in_chans: int = 3,
+        gelu: GeluKind = "exact",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        hw = _to_hw(img_size)
+        if patch_size < 1 or hw[0] % patch_size or hw[1] % patch_size:
+            raise ValueError(f"img_size={hw} is not divisible by patch_size={patch_size}")
+        if gelu not in GELU_KINDS:
+            raise ValueError(f"gelu={gelu!r} is not supported; allowed: exact, tanh")
+        self.num_classes = num_classes
+        self.img_size = hw
+        self.patch_size = patch_size
+        self.gelu = gelu
+        self.num_features = self.embed_dim = embed_dim
+
+        self.stem = PatchStem(hw, patch_size, in_chans, embed_dim)
+        self.num_tokens = self.stem.num_patches
+        rates = self.drop_path_rates(num_blocks, drop_path_rate)
+        self.blocks = nn.Sequential(
+            *[
+                MixerBlock(
+                    embed_dim,
+                    self.num_tokens,
+                    tokens_mlp_dim,
+                    channels_mlp_dim,
+                    gelu=gelu,
+                    drop=proj_drop_rate,
+                    drop_path=rate,
+                )
+                for rate in rates
+            ]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = self._make_head(num_classes)
+        self.init_weights()
+
+    @staticmethod
+    def drop_path_rates(num_blocks: int, drop_path_rate: float) -> list[float]:
+        """Per-block stochastic-depth rates: linear from 0 at the first block to ``drop_path_rate``."""
+        if num_blocks <= 1:
+            return [float(drop_path_rate)] * num_blocks
+        return [drop_path_rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.embed_dim, num_classes)
+        # Zero-init, as the paper and official code: the untrained model predicts uniform logits.
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return head
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm-style init: stem LeCun-normal with zero bias; MLP weights Xavier-uniform with
+        N(0, 1e-6) biases; LayerNorm weight 1, bias 0; head zeros."""
+        fan_in = self.stem.proj.in_channels * self.patch_size**2
+        # LeCun normal = truncated normal with std sqrt(1/fan_in), corrected for the truncation at 2 std.
+        std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+        nn.init.trunc_normal_(self.stem.proj.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.stem.proj.bias)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.bias, std=1e-6)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh zero-initialised ``Linear(C, num_classes)`` on the same
+        device and dtype as the model (``num_classes = 0`` removes it)."""
+        ref = self.norm.weight
+        self.num_classes = num_classes
+        head = self._make_head(num_classes)
+        self.head = head.to(device=ref.device, dtype=ref.dtype)
+        self.head.train(self.training)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, in_chans, H, W)`` → token features ``(B, S, C)`` after the final LayerNorm."""
+        x = self.stem(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images → pre-logits ``(B, C)``: final LayerNorm, then mean over the S tokens."""
+        return self.forward_tokens(x).mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pre-logits ``(B, C)`` → logits (or the pre-logits after head dropout if ``pre_logits``)."""
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,384 @@
+"""One table of every model this project trains, and the one factory that builds them.
+
+Names are ``<family>/<size>`` and equal the Hydra option of the ``model`` config group
+(``model=mixer/b16`` loads ``conf/model/mixer/b16.yaml``):
+
+* ``mixer/{s32,s16,b32,b16,l32,l16,h14}``: paper Table 1, built with our :class:`MlpMixer`.
+* ``vit/{ti,s,b,l,h}{32,16,14}``: timm's ``VisionTransformer`` with the ViT paper's widths
+  (class token, learned position embeddings, mlp ratio 4, timm defaults otherwise).
+* ``bit/{r50x1,r50x2,r50x3,r101x1,r101x3,r152x1,r152x2,r152x4,r200x3}``: timm's ``ResNetV2`` as
+  timm's ``resnetv2_*_bit`` builds it (pre-activation, GroupNorm(32), weight-standardised convs
+  with eps 1e-8, BiT's "fixed" padded max-pool stem).
+* ``<family>/tiny``: a ~1M-parameter member of each family for 32×32 images (CIFAR) that trains
+  on a couple of CPU cores.
+
+``build_model`` validates its config and raises :class:`ConfigError` (one line) on bad input.
+``prelogits`` returns the frozen features few-shot evaluation uses, for every family.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mixer_scaling.errors import ConfigError
+from mixer_scaling.models.mixer import GELU_KINDS, MlpMixer
+
+__all__ = ["FAMILIES", "ModelSpec", "build_from_spec", "build_model", "get_spec", "list_models", "prelogits"]
+
+FAMILIES = ("mixer", "vit", "bit")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry.
+
+    ``kwargs`` are the architecture arguments of the family's builder (without ``num_classes``,
+    image size and regularisation, which :func:`build_model` adds). ``patch`` is ``None`` for
+    BiT; ``image_size`` is the default resolution (224 for paper sizes, 32 for ``tiny``).
+    ``timm_name`` names timm's registered model with the same architecture where one exists.
+    """
+
+    name: str
+    family: str
+    size: str
+    patch: int | None
+    image_size: int
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    timm_name: str | None = None
+    description: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------
+
+# Paper Table 1: (layers, C, D_S, D_C). Patch sizes come from the name.
+_MIXER_DIMS = {
+    "s": (8, 512, 256, 2048),
+    "b": (12, 768, 384, 3072),
+    "l": (24, 1024, 512, 4096),
+    "h": (32, 1280, 640, 5120),
+}
+_MIXER_SIZES = ("s32", "s16", "b32", "b16", "l32", "l16", "h14")
+_MIXER_TIMM = {s: f"mixer_{s}_224" for s in ("s32", "s16", "b32", "b16", "l32", "l16")}
+
+# ViT paper Table 1 (+ DeiT's Ti): (width, depth, heads); mlp ratio 4.
+_VIT_DIMS = {
+    "ti": (192, 12, 3),
+    "s": (384, 12, 6),
+    "b": (768, 12, 12),
+    "l": (1024, 24, 16),
+    "h": (1280, 32, 16),
+}
+_VIT_TIMM_WIDTH = {"ti": "tiny", "s": "small", "b": "base", "l": "large", "h": "huge"}
+# timm's registered plain ViTs with exactly these dims (checked against timm 1.0).
+_VIT_TIMM = {
+    "ti16": "vit_tiny_patch16_224",
+    "s32": "vit_small_patch32_224",
+    "s16": "vit_small_patch16_224",
+    "b32": "vit_base_patch32_224",
+    "b16": "vit_base_patch16_224",
+    "l32": "vit_large_patch32_224",
+    "l16": "vit_large_patch16_224",
+    "l14": "vit_large_patch14_224",
+    "h14": "vit_huge_patch14_224",
+}
+
+# BiT: depth → blocks per stage; the width factor comes from the name.
+_BIT_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+_BIT_SIZES = ("r50x1", "r50x2", "r50x3", "r101x1", "r101x3", "r152x1", "r152x2", "r152x4", "r200x3")
+_BIT_TIMM = {s: f"resnetv2_{s[1:]}_bit" for s in ("r50x1", "r50x3", "r101x1", "r101x3", "r152x2", "r152x4")}
+
+# The CPU-sized members, for 32×32 inputs.
+TINY_MIXER = dict(patch_size=4, num_blocks=4, embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512)
+TINY_VIT = dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0)
+# Three stages keep BiT's GroupNorm(32) (bottleneck widths 32/64/128); four stages of this size
+# would need mid widths of 16.
+TINY_BIT = dict(layers=(1, 1, 1), channels=(128, 256, 512), stem_chs=32, width_factor=1)
+
+
+def _make_table() -> dict[str, ModelSpec]:
+    specs: list[ModelSpec] = []
+    for size in _MIXER_SIZES:
+        depth, c, ds, dc = _MIXER_DIMS[size[0]]
+        patch = int(size[1:])
+        specs.append(
+            ModelSpec(
+                name=f"mixer/{size}",
+                family="mixer",
+                size=size,
+                patch=patch,
+                image_size=224,
+                kwargs=dict(
+                    patch_size=patch, num_blocks=depth, embed_dim=c, tokens_mlp_dim=ds, channels_mlp_dim=dc
+                ),
+                timm_name=_MIXER_TIMM.get(size),
+                description=f"MLP-Mixer {size[0].upper()}/{patch} (paper Table 1): {depth} layers, C={c}, D_S={ds}, D_C={dc}",
+            )
+        )
+    specs.append(
+        ModelSpec(
+            name="mixer/tiny",
+            family="mixer",
+            size="tiny",
+            patch=TINY_MIXER["patch_size"],
+            image_size=32,
+            kwargs=dict(TINY_MIXER),
+            description="MLP-Mixer tiny for 32x32 images (CPU-sized): patch 4, 4 layers, C=128, D_S=64, D_C=512",
+        )
+    )
+    for width in ("ti", "s", "b", "l", "h"):
+        dim, depth, heads = _VIT_DIMS[width]
+        for patch in (32, 16, 14):
+            size = f"{width}{patch}"
+            specs.append(
+                ModelSpec(
+                    name=f"vit/{size}",
+                    family="vit",
+                    size=size,
+                    patch=patch,
+                    image_size=224,
+                    kwargs=dict(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=4.0),
+                    timm_name=_VIT_TIMM.get(size),
+                    description=f"ViT-{_VIT_TIMM_WIDTH[width].capitalize()}/{patch}: {depth} layers, width {dim}, {heads} heads, mlp 4x",
+                )
+            )
+    specs.append(
+        ModelSpec(
+            name="vit/tiny",
+            family="vit",
+            size="tiny",
+            patch=TINY_VIT["patch_size"],
+            image_size=32,
+            kwargs=dict(TINY_VIT),
+            description="ViT tiny for 32x32 images (CPU-sized): patch 4, 4 layers, width 128, 4 heads, mlp 4x",
+        )
+    )
+    for size in _BIT_SIZES:
+        depth_str, wf = size[1:].split("x")
+        layers = _BIT_LAYERS[int(depth_str)]
+        specs.append(
+            ModelSpec(
+                name=f"bit/{size}",
+                family="bit",
+                size=size,
+                patch=None,
+                image_size=224,
+                kwargs=dict(layers=layers, width_factor=int(wf)),
+                timm_name=_BIT_TIMM.get(size),
+                description=f"BiT-R{depth_str}x{wf} (ResNetV2, GroupNorm + weight standardisation), blocks {layers}",
+            )
+        )
+    specs.append(
+        ModelSpec(
+            name="bit/tiny",
+            family="bit",
+            size="tiny",
+            patch=None,
+            image_size=32,
+            kwargs=dict(TINY_BIT),
+            description="BiT tiny for 32x32 images (CPU-sized): 3 stages of 1 block, widths (128,256,512), 3x3 stride-1 stem",
+        )
+    )
+    return {s.name: s for s in specs}
+
+
+_REGISTRY: dict[str, ModelSpec] = _make_table()
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """All registry names (``<family>/<size>``) in table order, optionally of one family."""
+    return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``name``; :class:`ConfigError` naming the known models if there is none."""
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ConfigError(f"model.name={name!r} is not a known model; known: {', '.join(list_models())}")
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders (one per family). They take validated arguments.
+# ----------------------------------------------------------------------------------------------
+
+
+def _build_mixer(spec: ModelSpec, num_classes: int, image_size: int, *, gelu: str, drop_rate: float, drop_path_rate: float) -> nn.Module:
+    return MlpMixer(
+        num_classes=num_classes,
+        img_size=image_size,
+        gelu=gelu,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        **spec.kwargs,
+    )
+
+
+def _build_vit(spec: ModelSpec, num_classes: int, image_size: int, *, drop_rate: float, drop_path_rate: float) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    # timm's defaults are ViT's: class token, learned 1-D position embeddings, qkv bias,
+    # LayerNorm eps 1e-6, exact GELU, token pooling. drop_rate is dropout before the head.
+    return VisionTransformer(
+        img_size=image_size,
+        num_classes=num_classes,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        **spec.kwargs,
+    )
+
+
+def _build_bit(spec: ModelSpec, num_classes: int, image_size: int, *, drop_rate: float, drop_path_rate: float) -> nn.Module:
+    from timm.layers import StdConv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    conv_layer = partial(StdConv2d, eps=1e-8)  # what timm's _create_resnetv2_bit uses
+    kwargs = dict(spec.kwargs)
+    model = ResNetV2(
+        num_classes=num_classes,
+        stem_type="fixed",
+        conv_layer=conv_layer,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        **kwargs,
+    )
+    if spec.size == "tiny":
+        # BiT's 7x7/2 conv + 3x3/2 max-pool would shrink a 32x32 image to 8x8 before the first
+        # stage; use a CIFAR-style 3x3 stride-1 weight-standardised conv instead (pre-activation
+        # network: the stem has no norm, the first block's norm follows). With three stages the
+        # final feature map is image_size/4 (8x8 at 32).
+        stem_chs = model.stem.conv.out_channels
+        model.stem = nn.Sequential()
+        model.stem.add_module("conv", conv_layer(3, stem_chs, kernel_size=3, stride=1, padding=1))
+        model.feature_info[0] = dict(num_chs=stem_chs, reduction=1, module="stem.conv")
+        nn.init.kaiming_normal_(model.stem.conv.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+_BUILDERS = {"mixer": _build_mixer, "vit": _build_vit, "bit": _build_bit}
+
+
+# ----------------------------------------------------------------------------------------------
+# Factory
+# ----------------------------------------------------------------------------------------------
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    try:
+        value = cfg.get(key, default)
+    except Exception as exc:  # e.g. an OmegaConf interpolation that cannot resolve
+        raise ConfigError(f"model.{key} could not be read: {exc}".splitlines()[0]) from exc
+    return default if value is None else value
+
+
+def _check_rate(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"model.{key}={value!r} is outside [0, 1); allowed: a number 0 <= {key} < 1")
+    return float(value)
+
+
+def check_image_size(spec: ModelSpec, image_size: Any) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ConfigError(f"data.image_size={image_size!r} is not allowed for model {spec.name}; allowed: a positive integer")
+    image_size = int(image_size)
+    if spec.patch is not None and image_size % spec.patch:
+        raise ConfigError(
+            f"data.image_size={image_size} is not divisible by the patch size {spec.patch} of model {spec.name}; "
+            f"allowed: multiples of {spec.patch} (default {spec.image_size})"
+        )
+    min_size = 4 if spec.size == "tiny" else 32  # total stride of the network
+    if spec.family == "bit" and image_size < min_size:
+        raise ConfigError(f"data.image_size={image_size} is too small for model {spec.name}; allowed: >= {min_size}")
+    return image_size
+
+
+def build_model(cfg: Mapping[str, Any], num_classes: int, image_size: int | None = None) -> nn.Module:
+    """Build the model that ``cfg`` (the ``model`` config node, a DictConfig or dict) names.
+
+    See :func:`check_model_cfg` for the keys and the checks.
+    """
+    spec, image_size, kwargs = check_model_cfg(cfg, num_classes, image_size)
+    return build_from_spec(spec, num_classes, image_size, **kwargs)
+
+
+def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
+                    image_size: int | None = None) -> tuple[ModelSpec, int, dict[str, Any]]:
+    """Validate a ``model`` config node without building anything; returns (spec, image size, builder kwargs).
+
+    Keys: ``name`` (required, e.g. ``'mixer/b16'``); optional ``gelu`` (mixer only, ``'exact'``
+    default or ``'tanh'``), ``drop_rate`` (dropout before the head, default 0),
+    ``drop_path_rate`` (stochastic depth, default 0; linear over blocks for Mixer and ViT,
+    over stages for BiT as timm does). If present, ``family`` and ``size`` must agree with
+    ``name``; ``image_size`` in ``cfg`` is ignored (pass ``data.image_size`` as ``image_size``;
+    ``None`` uses the spec's default). Weights are randomly initialised (never pretrained).
+
+    Raises :class:`ConfigError` with a one-line message for any invalid value.
+    """
+    if not isinstance(cfg, Mapping) and not hasattr(cfg, "get"):
+        raise ConfigError(f"model={cfg!r} is not a mapping; allowed: a config with at least model.name")
+    name = _get(cfg, "name")
+    if name is None:
+        raise ConfigError(f"model.name is missing; known: {', '.join(list_models())}")
+    spec = get_spec(name)
+    for key in ("family", "size"):
+        given = _get(cfg, key)
+        if given is not None and given != getattr(spec, key):
+            raise ConfigError(
+                f"model.{key}={given!r} does not match model.name={name!r}; allowed: {getattr(spec, key)!r}"
+            )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r} is not allowed; allowed: an integer >= 1")
+    image_size = check_image_size(spec, spec.image_size if image_size is None else image_size)
+    drop_rate = _check_rate("drop_rate", _get(cfg, "drop_rate", 0.0))
+    drop_path_rate = _check_rate("drop_path_rate", _get(cfg, "drop_path_rate", 0.0))
+    gelu = _get(cfg, "gelu")
+    kwargs: dict[str, Any] = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if spec.family == "mixer":
+        gelu = "exact" if gelu is None else gelu
+        if not isinstance(gelu, str) or gelu not in GELU_KINDS:
+            raise ConfigError(f"model.gelu={gelu!r} is not allowed; allowed: {', '.join(GELU_KINDS)}")
+        kwargs["gelu"] = gelu
+    elif gelu is not None:
+        raise ConfigError(f"model.gelu={gelu!r} applies to mixer models only; model.name={name!r} takes no gelu")
+    return spec, image_size, kwargs
+
+
+def build_from_spec(
+    spec: ModelSpec,
+    num_classes: int,
+    image_size: int | None = None,
+    *,
+    gelu: str = "exact",
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """Build ``spec`` without validating the arguments (:func:`build_model` validates, then calls
+    this). Also builds specs that are not in the table, e.g. a depth-reduced copy made with
+    ``dataclasses.replace`` (the FLOP counter does this)."""
+    image_size = spec.image_size if image_size is None else image_size
+    kwargs: dict[str, Any] = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if spec.family == "mixer":
+        kwargs["gelu"] = gelu
+    return _BUILDERS[spec.family](spec, num_classes, image_size, **kwargs)
+
+
+def prelogits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Frozen ``(B, D)`` features for few-shot linear evaluation, for any model :func:`build_model` makes.
+
+    Our Mixer: final LayerNorm then mean over tokens (``forward_features``). timm ViT: the class
+    token after the final LayerNorm; timm ResNetV2: global average pool after the final
+    GroupNorm+ReLU (both via ``forward_head(forward_features(x), pre_logits=True)``, which also
+    applies timm's head dropout in train mode, so call this under ``model.eval()``).
+    """
+    if isinstance(model, MlpMixer):
+        return model.forward_features(x)
+    return model.forward_head(model.forward_features(x), pre_logits=True)
