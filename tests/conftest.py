@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A real throwaway SLURM cluster (scripts/slurm/) for the tests marked `slurm`.
+pytest_plugins = ["slurm_cluster"]
+
 # Tests never talk to the W&B servers; runs that exercise W&B use its real client in offline mode.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
