@@ -102,15 +102,14 @@ def validate(cfg: DictConfig) -> None:
     """Cheap semantic checks of a composed run config (no data is read, nothing is built)."""
     from .data import validate_data_cfg
     from .engine import check_train_cfg
-    from .models import check_image_size, get_spec
+    from .models import check_model_cfg
     from .tracking import resolve_mode
 
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
-    spec = get_spec(cfg.model.name)
+    check_model_cfg(cfg.model, image_size=cfg.data.image_size)
     validate_data_cfg(cfg.data)
-    check_image_size(spec, cfg.data.image_size)
     check_train_cfg(cfg.train)
     resolve_mode(cfg.wandb.mode)
     if str(cfg.device) not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(cfg.device)):

@@ -47,6 +47,7 @@ IDENTITY_IGNORE = (
     "data.verify_images",
     "data.num_workers",
     "fewshot.root",
+    "fewshot.download",
     "train.log_every",
     "train.checkpoint_every",
     "hydra",
