@@ -1,8 +1,10 @@
-"""``mixer-scaling``: the project's command line.
+"""mixer-scaling: the project's command line.
 
     mixer-scaling models [--json] [--num-classes N]   the model registry with params and GFLOPs
     mixer-scaling demo [overrides...]                 tiny Mixer, ViT and BiT on the embedded data, compared
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
+    mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
+    mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
 
 Bad arguments print one line and exit with status 2.
 """
@@ -94,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one run (Hydra overrides), as python -m mixer_scaling.train", add_help=False)
     t.add_argument("overrides", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_train)
+    from .analysis.cli import register as register_analysis
+
+    register_analysis(sub)
     return p
 
 

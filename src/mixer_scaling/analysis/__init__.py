@@ -1,0 +1,16 @@
+"""Results and figures: runs (on disk or in W&B) → one table → the paper's figures and fits.
+
+* :mod:`.results`: the results table's schema, :func:`collect` (run directories),
+  :func:`collect_wandb` (a W&B project), parquet/CSV files.
+* :mod:`.reference`: the paper's Tables 2 and 3 in the same schema.
+* :mod:`.fits`: saturating power laws ``err = a·x^(−b) + c`` with bootstrap intervals.
+* :mod:`.figures`: Pareto frontiers (compute, throughput), data scaling, the paper's figures and
+  overlays, each as PNG, PDF and CSV.
+* :mod:`.cli`: the ``collect`` and ``figures`` subcommands.
+
+Importing this package does not import matplotlib; :mod:`.figures` does (with the Agg backend).
+"""
+
+from .results import Summary, collect, collect_wandb, read_table, write_table
+
+__all__ = ["Summary", "collect", "collect_wandb", "read_table", "write_table"]

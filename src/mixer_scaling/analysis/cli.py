@@ -1,0 +1,126 @@
+"""The ``collect`` and ``figures`` subcommands.
+
+    mixer-scaling collect <runs_dir>... -o results.parquet [--csv results.csv]
+    mixer-scaling collect --wandb ENTITY/PROJECT [--group G] -o results.parquet
+    mixer-scaling figures <results.parquet|results.csv|runs_dir|paper> -o figures/ [--overlay-paper]
+                          [--metric val_top1|fewshot|fewshot_<dataset>_<k>] [--k 5] [--dataset NAME]
+                          [--compute flops|device_hours|core_days]
+
+:func:`register` adds both to the project's argparse subparsers; each sets ``fn`` to a function of
+the parsed namespace that returns an exit code. Bad input raises :class:`UserError`, which the
+entry point prints as ``error: <message>`` with exit status 2. ``python -m
+mixer_scaling.analysis.cli`` runs the two subcommands on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import EXIT_USAGE, UserError
+from .results import Summary, collect, collect_wandb, read_table, write_table
+
+PAPER = "paper"
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Runs on disk and/or in W&B → one results table (parquet, and CSV on request)."""
+    if not args.runs_dirs and not args.wandb:
+        raise UserError("collect needs a runs directory or --wandb ENTITY/PROJECT")
+    if args.group and not args.wandb:
+        raise UserError("--group needs --wandb ENTITY/PROJECT")
+    tables, lines = [], []
+    if args.runs_dirs:
+        df, summary = collect(args.runs_dirs)
+        tables.append(df)
+        lines.append(f"{', '.join(map(str, args.runs_dirs))}: {summary.line}")
+        lines += [f"  skipped {path}: {why}" for path, why in summary.skipped]
+    if args.wandb:
+        wdf = collect_wandb(args.wandb, args.group)
+        tables.append(wdf)
+        lines.append(f"W&B {args.wandb}{f' (group {args.group})' if args.group else ''}: "
+                     f"{Summary.of_table(wdf).line}")
+    df = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True).drop_duplicates("run_id")
+    for path in write_table(df, args.output, args.csv):
+        lines.append(f"wrote {path} ({len(df)} rows, {len(df.columns)} columns)")
+    print("\n".join(lines))
+    return 0
+
+
+def load_source(source: str) -> tuple[pd.DataFrame, Summary]:
+    """A results table from a parquet/CSV file or a runs directory, and its status counts."""
+    path = Path(source)
+    if path.is_dir():
+        return collect([path])
+    if not path.exists():
+        raise UserError(f"{source} is neither a results table, a runs directory nor 'paper'")
+    df = read_table(path)
+    return df, Summary.of_table(df)
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Results (or the paper's tables) → figures, their CSVs and fits.csv in one folder."""
+    from . import figures  # matplotlib only when drawing
+
+    common = dict(n_boot=args.boot, seed=args.seed)
+    if args.source == PAPER and not Path(args.source).exists():
+        if args.overlay_paper:
+            raise UserError("--overlay-paper draws your runs beside the paper's; give a results table or runs directory")
+        out = figures.render_paper(args.output, metric=args.metric, compute=args.compute or "core_days", **common)
+    else:
+        df, summary = load_source(args.source)
+        out = figures.render(df, args.output, metric=args.metric, k=args.k, dataset=args.dataset,
+                             compute=args.compute or "flops", overlay_paper=args.overlay_paper,
+                             summary=summary, **common)
+    print(f"figures in {out.out_dir}:")
+    for f in out.files:
+        print(f"  {f}")
+    print("\n".join(out.summary))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``collect`` and ``figures`` to an argparse subparsers object."""
+    c = subparsers.add_parser("collect", help="read every result.json (or a W&B project) into one results table",
+                              description="Read every result.json under the given runs directories (recursively), "
+                                          "or a W&B project's run summaries, into one table, one row per run.")
+    c.add_argument("runs_dirs", nargs="*", metavar="runs_dir", help="directories searched for result.json")
+    c.add_argument("-o", "--output", default="results.parquet", help="parquet file to write (default results.parquet)")
+    c.add_argument("--csv", help="also write the table as CSV here")
+    c.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from this W&B project (summaries only)")
+    c.add_argument("--group", help="with --wandb: only runs of this W&B group (the study)")
+    c.set_defaults(fn=cmd_collect)
+
+    f = subparsers.add_parser("figures", help="draw the paper's figures from results (or from the paper's tables)",
+                              description="Pareto frontiers (accuracy vs compute, vs throughput), data scaling and "
+                                          "power-law fits as PNG, PDF and CSV; 'paper' draws the paper's Tables 2-3.")
+    f.add_argument("source", help="results .parquet/.csv, a runs directory, or 'paper'")
+    f.add_argument("-o", "--output", required=True, help="folder for the figures (created; files replaced)")
+    f.add_argument("--overlay-paper", action="store_true", help="also draw your points beside the paper's Table 3")
+    f.add_argument("--metric", help="val_top1 (Pareto default), fewshot (data-scaling default), "
+                                    "a fewshot_<dataset>_<k> column; for the paper: val_top1, real_top1, avg5")
+    f.add_argument("--k", type=int, help="shots for --metric fewshot (default 5)")
+    f.add_argument("--dataset", help="few-shot data set (default: the first in the table)")
+    f.add_argument("--compute", choices=("flops", "device_hours", "core_days"),
+                   help="compute axis: flops (default for runs) or device_hours; core_days for the paper")
+    f.add_argument("--boot", type=int, default=200, help="bootstrap resamples per fit (default 200)")
+    f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    f.set_defaults(fn=cmd_figures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixer_scaling.analysis.cli", description=__doc__.split("\n")[0])
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""Paper-style figures from a results table, each as PNG, PDF and the CSV of what it draws.
+
+Figure kinds (file stems in brackets):
+
+1. Pareto frontier of accuracy against total pre-training compute [``pareto_compute``]: log x axis
+   (FLOPs, device-hours, or TPUv3 core-days for the paper), one colour and marker per family, the
+   frontier drawn and its points labelled, and a saturating power law of error against compute
+   fitted to the frontier (dotted, extrapolated to 10× the largest compute, with its bootstrap band).
+2. Accuracy against inference throughput [``pareto_throughput``]: log x axis, frontier drawn
+   (higher throughput and higher accuracy are both better).
+3. Data scaling [``data_scaling``]: k-shot accuracy (default: 5-shot on the first few-shot set in
+   the table) against pre-training set size (log x), one line per model, Mixer solid and the
+   baselines dashed as in the paper's Fig. 2 (right), ±1 std bands when a size has several seeds,
+   and per-model power-law fits dotted and extrapolated to 10× the largest set.
+4. Paper reference [``paper_table3_jft_*``, ``paper_table2_*``]: kinds 1 and 2 from the paper's
+   Table 3 (JFT-300M rows) and Table 2; with ``overlay_paper`` also [``overlay_compute``,
+   ``overlay_throughput``]: the user's points beside the paper's, one panel each (their units differ:
+   our hardware and data against TPUv3 cores and ImageNet after fine-tuning).
+
+Fits need more points than their three parameters: at least 4 distinct x values, or 3 with
+repeated runs (seeds); otherwise the curve is not drawn and the summary gives the plain log-log
+slope. Every fitted parameter goes to ``fits.csv``. Only ``done`` runs are drawn. Figures are rendered into
+a temporary folder beside the output folder and moved there only when all of them succeeded, so
+bad input (:class:`UserError`, one line) leaves no figure files behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ..errors import UserError  # noqa: E402
+from . import reference  # noqa: E402
+from .fits import PowerLawFit, fit_power_law, fits_table, loglog_slope  # noqa: E402
+from .results import (  # noqa: E402
+    REQUIRED_COLUMNS, Summary, done_runs, fewshot_column, fewshot_datasets, parse_fewshot_column,
+)
+
+FAMILIES = {  # colour, marker, display name, colormap for per-model shades
+    "mixer": ("#d62728", "o", "Mixer", "Reds"),
+    "vit": ("#1f77b4", "s", "ViT", "Blues"),
+    "bit": ("#2ca02c", "^", "BiT", "Greens"),
+    "other": ("#7f7f7f", "D", "other", "Greys"),
+}
+COMPUTE_AXES = {
+    "flops": ("pretrain_flops", "total pre-training compute (FLOPs)"),
+    "device_hours": ("device_hours", "total pre-training compute (device-hours)"),
+    "core_days": ("core_days", "total pre-training compute (TPUv3 core-days)"),
+}
+METRICS = ("val_top1", "fewshot")
+EXTRA_ACCURACY = {"real_top1": "ImageNet ReaL top-1", "avg5": "average of 5 transfer tasks",
+                  "vtab1k": "VTAB-1k (19 tasks)"}
+FORMATS = ("png", "pdf")
+DEFAULT_K = 5
+EXTRAPOLATE = 10.0  # fits are drawn to this multiple of the largest x
+_MANY = 2000  # above this many points, non-frontier markers are rasterised in PDFs
+
+
+@dataclass
+class Rendered:
+    """What a render produced: files (figures, their CSVs, fits.csv) and a short text summary."""
+
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+    fits: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def figures(self) -> list[Path]:
+        return [f for f in self.files if f.suffix.lstrip(".") in FORMATS]
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    label: str  # axis label, in %
+
+
+# ----------------------------------------------------------------------------------------------
+# Frontier
+
+
+def pareto_mask(x, y, x_better: str = "lower") -> np.ndarray:
+    """True for the points no other point beats: ≤ x (or ≥ x for ``x_better="higher"``) and ≥ y
+    with one of the two strict. Points with a NaN coordinate are never on the frontier."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x_better not in ("lower", "higher"):
+        raise ValueError(f"x_better={x_better!r}; expected 'lower' or 'higher'")
+    key = x if x_better == "lower" else -x
+    ok = np.isfinite(key) & np.isfinite(y)
+    idx = np.flatnonzero(ok)
+    order = idx[np.lexsort((-y[idx], key[idx]))]  # best x first; equal x: best y first
+    mask = np.zeros(len(x), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if y[i] > best:
+            mask[i] = True
+            best = y[i]
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing what to draw (validated before anything is written)
+
+
+def family_of(value) -> str:
+    return value if value in FAMILIES else "other"
+
+
+def resolve_metric(df: pd.DataFrame, metric: str | None, k: int | None, dataset: str | None,
+                   default: str = "val_top1", paper: bool = False) -> Metric:
+    """The accuracy column to draw, checked to exist and to have values.
+
+    ``metric``: ``val_top1`` (upstream top-1; ImageNet top-1 for the paper's tables), ``fewshot``
+    (k-shot accuracy on ``dataset``, default the first few-shot set in the table, k default 5),
+    a ``fewshot_<dataset>_<k>`` column, or one of the paper's ``real_top1``, ``avg5``, ``vtab1k``.
+    """
+    metric = metric or default
+    if metric == "fewshot":
+        datasets = fewshot_datasets(df)
+        if not datasets:
+            raise UserError("metric=fewshot: the table has no few-shot columns (fewshot_<dataset>_<k>)")
+        dataset = dataset or datasets[0]
+        if dataset not in datasets:
+            raise UserError(f"few-shot dataset {dataset!r} is not in the table; available: {', '.join(datasets)}")
+        k = DEFAULT_K if k is None else k
+        shots = sorted(kk for d, kk in filter(None, map(parse_fewshot_column, df.columns)) if d == dataset)
+        if k not in shots:
+            raise UserError(f"k={k} is not available for few-shot dataset {dataset!r}; "
+                            f"available: {', '.join(map(str, shots))}")
+        column = fewshot_column(dataset, k)
+        label = f"{k}-shot {dataset} accuracy (%)"
+    elif metric == "val_top1":
+        column, label = "val_top1", "ImageNet top-1 (%)" if paper else "upstream validation top-1 (%)"
+    elif parse_fewshot_column(metric):
+        if metric not in df.columns:
+            raise UserError(f"metric {metric!r} is not in the table; few-shot columns: "
+                            f"{', '.join(c for c in df.columns if parse_fewshot_column(c)) or 'none'}")
+        d, kk = parse_fewshot_column(metric)
+        column, label = metric, f"{kk}-shot {d} accuracy (%)"
+    elif metric in EXTRA_ACCURACY and metric in df.columns:
+        column, label = metric, f"{EXTRA_ACCURACY[metric]} (%)"
+    else:
+        extra = [m for m in EXTRA_ACCURACY if m in df.columns]
+        raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join([*METRICS, *extra])} "
+                        f"or a fewshot_<dataset>_<k> column")
+    if column not in df.columns or not df[column].notna().any():
+        raise UserError(f"metric {column} has no values in the {len(df)} finished runs")
+    return Metric(column, label)
+
+
+def _require(df: pd.DataFrame, column: str, what: str, hint: str = "") -> None:
+    if column not in df.columns or not pd.to_numeric(df[column], errors="coerce").gt(0).any():
+        raise UserError(f"{what}: column {column} has no positive values in the {len(df)} finished runs"
+                        + (f"; {hint}" if hint else ""))
+
+
+def _check_table(df: pd.DataFrame, summary: Summary | None = None) -> pd.DataFrame:
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"results table is missing columns: {', '.join(missing)}")
+    if df.empty:
+        raise UserError("results table has no runs")
+    done = done_runs(df)
+    if done.empty:
+        raise UserError(f"no finished runs to draw ({(summary or Summary.of_table(df)).line})")
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folder
+
+
+@contextmanager
+def staging(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A temp folder beside ``out_dir`` whose files move into ``out_dir`` when the block succeeds.
+
+    On an exception nothing is moved, the temp folder is removed, and so are folders this call
+    created (when empty).
+    """
+    out_dir = Path(out_dir)
+    created = [p for p in [out_dir, *out_dir.parents] if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield tmp
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out_dir / f.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in created:  # deepest first
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _rendering(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """:func:`staging`, and close every figure opened inside the block, whether it succeeded or not."""
+    before = set(plt.get_fignums())
+    try:
+        with staging(out_dir) as tmp:
+            yield tmp
+    finally:
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+
+
+def _save(fig, folder: Path, stem: str, table: pd.DataFrame, files: list[str]) -> None:
+    for fmt in FORMATS:
+        fig.savefig(folder / f"{stem}.{fmt}", dpi=150 if fmt == "png" else None, bbox_inches="tight")
+        files.append(f"{stem}.{fmt}")
+    plt.close(fig)
+    table.to_csv(folder / f"{stem}.csv", index=False)
+    files.append(f"{stem}.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Kinds 1 and 2: Pareto frontiers
+
+
+def _floats(df: pd.DataFrame, column: str) -> np.ndarray:
+    """A column as floats (NaN where missing or not a number; all NaN when there is no such column)."""
+    if column not in df.columns:
+        return np.full(len(df), np.nan)
+    return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def pareto_points(df: pd.DataFrame, x: str, y: str, x_better: str) -> pd.DataFrame:
+    """The points of a Pareto figure (and its CSV): one per configuration, runs that differ only in
+    their seed averaged, with columns label, family, model, fraction, examples_seen, x, y, n_runs,
+    on_frontier. Labels are the ``label`` column (paper tables) or the model, plus the data fraction
+    when a model was trained on several."""
+    d = pd.DataFrame({
+        "label": (df["label"] if "label" in df.columns else df["model"]).astype(str).to_numpy(),
+        "family": [family_of(f) for f in df["family"]],
+        "model": df["model"].astype(str).to_numpy(),
+        "fraction": _floats(df, "fraction"),
+        "examples_seen": _floats(df, "examples_seen"),
+        "x": _floats(df, x),
+        "y": _floats(df, y),
+    })
+    d = d[np.isfinite(d["x"]) & np.isfinite(d["y"]) & (d["x"] > 0)]
+    keys = ["label", "family", "model", "fraction", "examples_seen"]
+    pts = d.groupby(keys, dropna=False, sort=True).agg(x=("x", "mean"), y=("y", "mean"),
+                                                       n_runs=("y", "size")).reset_index()
+    if "label" not in df.columns:
+        several = pts.groupby("model")["fraction"].transform("nunique") > 1
+        pts.loc[several, "label"] = [f"{m} ({100 * f:g}%)" for m, f in
+                                     zip(pts.loc[several, "model"], pts.loc[several, "fraction"])]
+    pts["on_frontier"] = pareto_mask(pts["x"], pts["y"], x_better)
+    return pts
+
+
+_LABEL_SPOTS = [(5, 3, "left"), (5, -10, "left"), (-5, 3, "right"), (-5, -10, "right"),
+                (5, 12, "left"), (5, -19, "left"), (-5, 12, "right"), (-5, -19, "right")]
+
+
+def place_labels(ax, x: np.ndarray, y: np.ndarray, labels: list[str], fontsize: float = 7) -> None:
+    """Annotate points, each label at the first of a few spots around its point that overlaps
+    neither an earlier label nor another labelled point (estimated text boxes, display units)."""
+    if len(labels) == 0:
+        return
+    ax.autoscale_view()
+    px = ax.figure.dpi / 72.0  # display units per point
+    xy = ax.transData.transform(np.column_stack([x, y]))
+    marker = 4 * px
+    taken = [(cx - marker, cy - marker, cx + marker, cy + marker) for cx, cy in xy]
+    for i, (label, (cx, cy)) in enumerate(zip(labels, xy)):
+        w, h = 0.55 * fontsize * px * len(label), fontsize * px
+        chosen = _LABEL_SPOTS[0]
+        for dx, dy, ha in _LABEL_SPOTS:
+            x0 = cx + dx * px - (w if ha == "right" else 0.0)
+            box = (x0, cy + dy * px, x0 + w, cy + dy * px + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for j, b in enumerate(taken) if j != i):
+                chosen = (dx, dy, ha)
+                break
+        dx, dy, ha = chosen
+        x0 = cx + dx * px - (w if ha == "right" else 0.0)
+        taken.append((x0, cy + dy * px, x0 + w, cy + dy * px + h))
+        ax.annotate(label, (x[i], y[i]), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=fontsize)
+
+
+def worth_fitting(x: pd.Series) -> bool:
+    """Three parameters need more than three points: ≥ 4 distinct x, or 3 with repeats (seeds)."""
+    x = pd.Series(x).dropna()
+    return x.nunique() >= 4 or (x.nunique() == 3 and len(x) > 3)
+
+
+def _frontier_fit(pts: pd.DataFrame, n_boot: int, seed: int) -> PowerLawFit | None:
+    front = pts[pts["on_frontier"]]
+    if not worth_fitting(front["x"]):
+        return None
+    try:
+        return fit_power_law(front["x"], 1.0 - front["y"], n_boot=n_boot, seed=seed)
+    except UserError:
+        return None
+
+
+def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, title: str = "",
+                fit: PowerLawFit | None = None) -> None:
+    many = len(pts) > _MANY
+    for fam, (color, marker, name, _) in FAMILIES.items():
+        sub = pts[pts["family"] == fam]
+        if sub.empty:
+            continue
+        off, on = sub[~sub["on_frontier"]], sub[sub["on_frontier"]]
+        ax.scatter(off["x"], 100 * off["y"], s=12 if many else 30, color=color, marker=marker, alpha=0.35,
+                   linewidths=0, rasterized=many)
+        ax.scatter(on["x"], 100 * on["y"], s=45, color=color, marker=marker, edgecolors="black",
+                   linewidths=0.6, zorder=3, label=f"{name} ({len(sub)})")
+    front = pts[pts["on_frontier"]].sort_values("x")
+    ax.plot(front["x"], 100 * front["y"], color="black", lw=1, alpha=0.7, zorder=2, label="Pareto frontier")
+    if fit is not None:
+        lo_x, hi_x = front["x"].min(), front["x"].max() * EXTRAPOLATE
+        grid = np.geomspace(lo_x, hi_x, 100)
+        ax.plot(grid, 100 * (1 - fit.predict(grid)), ls=":", color="black", lw=1,
+                label=f"frontier fit: err = a·C^(-b) + c, b={fit.b:.2f}")
+        lo, hi = fit.band(grid)
+        if np.isfinite(lo).all():
+            ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color="black", alpha=0.08, lw=0)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    place_labels(ax, front["x"].to_numpy(), 100 * front["y"].to_numpy(), front["label"].tolist())
+    ax.legend(fontsize=7, loc="lower right" if x_better == "lower" else "lower left")
+
+
+def _frontier_line(pts: pd.DataFrame, what: str) -> str:
+    front = pts[pts["on_frontier"]].sort_values("x")
+    fams = front["family"].value_counts()
+    by_family = ", ".join(f"{FAMILIES[f][2]} {n}" for f, n in fams.items())
+    return f"{what}: {len(front)} of {len(pts)} points on the frontier ({by_family}): {', '.join(front['label'])}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Kind 3: data scaling
+
+
+def _data_axis(df: pd.DataFrame) -> tuple[str, str]:
+    if "train_size" in df.columns and pd.to_numeric(df["train_size"], errors="coerce").gt(0).any():
+        return "train_size", "pre-training set size (examples)"
+    if "fraction" in df.columns and pd.to_numeric(df["fraction"], errors="coerce").gt(0).any():
+        return "fraction", "pre-training set size (fraction of the full set)"
+    raise UserError("data scaling: neither train_size nor fraction has positive values in the finished runs")
+
+
+def data_scaling_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Mean, std, min, max and count of ``y`` over seeds, per model and ``x`` (the figure's CSV)."""
+    d = pd.DataFrame({"model": df["model"].astype(str), "family": [family_of(f) for f in df["family"]],
+                      "x": pd.to_numeric(df[x], errors="coerce").astype(float),
+                      "y": pd.to_numeric(df[y], errors="coerce").astype(float)}).dropna()
+    d = d[d["x"] > 0]
+    g = d.groupby(["family", "model", "x"], sort=True)["y"]
+    out = g.agg(mean="mean", std="std", min="min", max="max", n="count").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def draw_data_scaling(ax, agg: pd.DataFrame, raw: pd.DataFrame, xlabel: str, ylabel: str,
+                      fits: dict[str, PowerLawFit]) -> None:
+    for fam, (_, marker, _, cmap_name) in FAMILIES.items():
+        models = sorted(agg.loc[agg["family"] == fam, "model"].unique())
+        cmap = plt.get_cmap(cmap_name)
+        for i, model in enumerate(models):
+            color = cmap(0.5 + 0.45 * i / max(len(models) - 1, 1))
+            m = agg[agg["model"] == model].sort_values("x")
+            style = "-" if fam == "mixer" else "--"
+            fit = fits.get(model)
+            label = model if fit is None else f"{model} (b={fit.b:.2f})"
+            ax.plot(m["x"], 100 * m["mean"], ls=style, marker=marker, color=color, label=label, lw=1.5, ms=5)
+            if (m["n"] > 1).any():
+                ax.fill_between(m["x"], 100 * (m["mean"] - m["std"]), 100 * (m["mean"] + m["std"]),
+                                color=color, alpha=0.15, lw=0)
+            if fit is not None:
+                grid = np.geomspace(m["x"].min(), m["x"].max() * EXTRAPOLATE, 80)
+                ax.plot(grid, 100 * (1 - fit.predict(grid)), ls=":", color=color, lw=1)
+                lo, hi = fit.band(grid)
+                if np.isfinite(lo).all():
+                    ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color=color, alpha=0.07, lw=0)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _scaling_fits(raw: pd.DataFrame, x: str, y: str, n_boot: int, seed: int) -> dict[str, PowerLawFit]:
+    fits = {}
+    for model, sub in raw.groupby(raw["model"].astype(str), sort=True):
+        xs = pd.to_numeric(sub[x], errors="coerce")
+        ys = pd.to_numeric(sub[y], errors="coerce")
+        if not worth_fitting(xs[ys.notna()]):
+            continue
+        try:
+            fits[model] = fit_power_law(xs, 1.0 - ys, n_boot=n_boot, seed=seed)
+        except UserError:
+            continue
+    return fits
+
+
+def _slopes_line(raw: pd.DataFrame, x: str, y: str, fits: dict[str, PowerLawFit], what: str) -> str:
+    parts = []
+    for model, sub in raw.groupby(raw["model"].astype(str), sort=True):
+        fit = fits.get(model)
+        if fit is not None:
+            lo, hi = fit.ci["b"]
+            ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
+            parts.append(f"{model} b={fit.b:.2f}{ci} c={fit.c:.3f}")
+        else:
+            s = loglog_slope(pd.to_numeric(sub[x], errors="coerce"), 1 - pd.to_numeric(sub[y], errors="coerce"))
+            parts.append(f"{model} " + (f"log-log slope of err {s:.2f} (too few sizes to fit)" if np.isfinite(s)
+                                        else "one size only"))
+    return f"{what}, err = a·n^(-b) + c: " + "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _pareto_pair(done: pd.DataFrame, metric: Metric, compute: str, n_boot: int, seed: int,
+                 throughput_label: str = "inference throughput (img/s)"):
+    col, xlabel = COMPUTE_AXES[compute]
+    _require(done, col, f"compute={compute}", "choose another --compute")
+    _require(done, "throughput", "throughput figure")
+    pc = pareto_points(done, col, metric.column, "lower")
+    pt = pareto_points(done, "throughput", metric.column, "higher")
+    fit = _frontier_fit(pc, n_boot, seed)
+    return (pc, xlabel, fit), (pt, throughput_label)
+
+
+def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
+           dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
+           summary: Summary | None = None, n_boot: int = 200, seed: int = 0) -> Rendered:
+    """Figures 1–3 (and the paper overlays) from a results table into ``out_dir``.
+
+    ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
+    data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
+    has no few-shot columns). ``compute``: ``flops`` (3 × forward FLOPs × examples seen) or
+    ``device_hours``.
+    """
+    if compute not in COMPUTE_AXES:
+        raise UserError(f"unknown compute axis {compute!r}; choose one of: {', '.join(COMPUTE_AXES)}")
+    done = _check_table(df, summary)
+    pareto_metric = resolve_metric(done, metric, k, dataset)
+    scaling_default = "fewshot" if fewshot_datasets(done) else "val_top1"
+    scaling_metric = resolve_metric(done, metric, k, dataset, default=scaling_default)
+    (pc, xlabel, cfit), (pt, tlabel) = _pareto_pair(done, pareto_metric, compute, n_boot, seed)
+    x_col, x_label = _data_axis(done)
+    fits = _scaling_fits(done, x_col, scaling_metric.column, n_boot, seed)
+    agg = data_scaling_points(done, x_col, scaling_metric.column)
+    if agg.empty:
+        raise UserError(f"data scaling: no finished run has both {x_col} and {scaling_metric.column}")
+    if overlay_paper:
+        paper = reference.paper_results(3, reference.JFT)
+        pm = resolve_metric(paper, "val_top1", None, None, paper=True)
+        (ppc, pxlabel, pfit), (ppt, ptlabel) = _pareto_pair(
+            paper, pm, "core_days", n_boot, seed, throughput_label="inference throughput (img/s/core)")
+
+    n_skipped = len(df) - len(done)
+    note = f" ({len(done)} finished runs" + (f"; {n_skipped} not finished, left out)" if n_skipped else ")")
+    lines = [(summary or Summary.of_table(df)).line + f"; figures use the {len(done)} done runs"]
+    files: list[str] = []
+    with _rendering(out_dir) as tmp:
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        draw_pareto(ax, pc, xlabel, pareto_metric.label, "lower", "accuracy vs pre-training compute" + note, cfit)
+        _save(fig, tmp, "pareto_compute", pc, files)
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        draw_pareto(ax, pt, tlabel, pareto_metric.label, "higher", "accuracy vs throughput" + note)
+        _save(fig, tmp, "pareto_throughput", pt, files)
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        draw_data_scaling(ax, agg, done, x_label, scaling_metric.label, fits)
+        ax.set_title("data scaling" + note, fontsize=10)
+        _save(fig, tmp, "data_scaling", agg, files)
+        fit_rows = {f"data_scaling/{m}": f for m, f in fits.items()}
+        kinds = {f"data_scaling/{m}": f"{scaling_metric.column} vs {x_col}" for m in fits}
+        if cfit is not None:
+            fit_rows["compute_frontier"] = cfit
+            kinds["compute_frontier"] = f"{pareto_metric.column} vs {COMPUTE_AXES[compute][0]} (frontier)"
+        if overlay_paper:
+            for stem, (ours, ox, ofit, theirs, tx, tfit, better) in {
+                "overlay_compute": (pc, xlabel, cfit, ppc, pxlabel, pfit, "lower"),
+                "overlay_throughput": (pt, tlabel, None, ppt, ptlabel, None, "higher"),
+            }.items():
+                fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+                draw_pareto(a1, ours, ox, pareto_metric.label, better, "ours" + note, ofit)
+                draw_pareto(a2, theirs, tx, pm.label, better, "paper, Table 3 (JFT-300M pre-training)", tfit)
+                _save(fig, tmp, stem, pd.concat([ours.assign(source="ours"), theirs.assign(source="paper")]), files)
+            if pfit is not None:
+                fit_rows["paper_table3_jft/compute_frontier"] = pfit
+                kinds["paper_table3_jft/compute_frontier"] = "ImageNet top-1 vs TPUv3 core-days (frontier)"
+        table = fits_table(fit_rows, fit=kinds)
+        table.to_csv(tmp / "fits.csv", index=False)
+        files.append("fits.csv")
+    lines += [
+        _frontier_line(pc, f"compute frontier ({pareto_metric.column} vs {compute})"),
+        _frontier_line(pt, f"throughput frontier ({pareto_metric.column} vs img/s)"),
+        _slopes_line(done, x_col, scaling_metric.column, fits, f"data scaling ({scaling_metric.column} vs {x_col})"),
+    ]
+    if cfit is not None:
+        lines.append(f"compute frontier fit: err = a·C^(-b) + c, b={cfit.b:.3f}, c={cfit.c:.3f}")
+    return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table)
+
+
+def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compute: str = "core_days",
+                 n_boot: int = 200, seed: int = 0) -> Rendered:
+    """Kind 4: the Pareto figures from the paper's Table 3 (JFT-300M rows) and Table 2 into ``out_dir``.
+
+    Compute is in TPUv3 core-days (``compute="device_hours"``: core-hours), throughput in
+    img/s/core, accuracy ImageNet top-1 after fine-tuning (``metric`` may also be ``real_top1`` or
+    ``avg5``). The paper gives no data-scaling
+    numbers in its tables, so there is no data-scaling figure here.
+    """
+    if compute not in ("core_days", "device_hours"):
+        raise UserError(f"compute={compute!r}: the paper gives compute in TPUv3 core-days only; "
+                        "choose core_days or device_hours (core-hours)")
+    t3 = reference.paper_results(3, reference.JFT)
+    t2 = reference.paper_results(2, None)
+    m3 = resolve_metric(t3, metric, None, None, paper=True)
+    m2 = resolve_metric(t2, metric, None, None, paper=True)
+    panels = {}
+    for stem, table, m, title in (("paper_table3_jft", t3, m3, "paper Table 3, JFT-300M pre-training"),
+                                  ("paper_table2", t2, m2, "paper Table 2 (pre-training data varies)")):
+        panels[stem] = (title, m) + _pareto_pair(table, m, compute, n_boot, seed,
+                                                 throughput_label="inference throughput (img/s/core)")
+    files: list[str] = []
+    fit_rows, kinds, lines = {}, {}, []
+    with _rendering(out_dir) as tmp:
+        for stem, (title, m, (pc, xlabel, cfit), (pt, tlabel)) in panels.items():
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
+            draw_pareto(ax, pc, xlabel, m.label, "lower", title, cfit)
+            _save(fig, tmp, f"{stem}_compute", pc, files)
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
+            draw_pareto(ax, pt, tlabel, m.label, "higher", title)
+            _save(fig, tmp, f"{stem}_throughput", pt, files)
+            if cfit is not None:
+                fit_rows[f"{stem}/compute_frontier"] = cfit
+                kinds[f"{stem}/compute_frontier"] = f"{m.column} vs {compute} (frontier)"
+            lines.append(_frontier_line(pc, f"{stem} compute frontier ({m.column} vs {compute})"))
+            lines.append(_frontier_line(pt, f"{stem} throughput frontier ({m.column} vs img/s/core)"))
+        table = fits_table(fit_rows, fit=kinds)
+        table.to_csv(tmp / "fits.csv", index=False)
+        files.append("fits.csv")
+    return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table)
+
+
+__all__ = ["COMPUTE_AXES", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "pareto_mask",
+           "pareto_points", "render", "render_paper", "resolve_metric", "staging"]

@@ -1,0 +1,581 @@
+"""The results table: one tidy row per run, built from ``result.json`` records or from W&B.
+
+This module owns the table's schema. Columns, in order (:data:`COLUMNS`), then one column per
+few-shot data set and k, ``fewshot_<dataset>_<k>`` (e.g. ``fewshot_digits_5``):
+
+=================  ==============================================================================
+run_id             the run's id (its directory name; the W&B run id for W&B runs)
+family             ``mixer``, ``vit``, ``bit`` (``other`` in the paper's tables)
+model              ``<family>/<size>``, e.g. ``mixer/b16`` (paper names such as ``Mixer-B/16``
+                   in the reference tables)
+size, patch        e.g. ``b16``/16, ``r50x1``/<NA>, ``tiny``
+params             parameters with the head
+flops_per_image    forward FLOPs per image (a multiply-add counts 2)
+fraction           pre-training subset as a fraction of the full data set
+train_size         examples in the pre-training subset
+examples_seen      examples processed in pre-training (steps × batch size)
+epochs             examples_seen / train_size
+seed               the run's seed
+pretrain_flops     total pre-training FLOPs = 3 × flops_per_image × examples_seen (forward + backward)
+device_hours       training wall time × devices
+throughput         inference images per second (batch size swept, best kept)
+val_top1           upstream validation top-1, a fraction in [0, 1]
+status             ``done``, ``failed``, ``running``, ``interrupted``
+study              the study or sweep the run belongs to (the W&B group)
+run_dir            where the record was read from (W&B URL for W&B runs)
+fewshot_<d>_<k>    linear k-shot accuracy on downstream set ``d``, a fraction in [0, 1]
+=================  ==============================================================================
+
+Accuracies are fractions everywhere (the paper's percentages are divided by 100 in
+:mod:`mixer_scaling.analysis.reference`). Runs that are not ``done`` stay in the table with their
+status; :func:`done_runs` is what figures use, and :class:`Summary` says how many were left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from ..errors import UserError, one_line
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
+STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
+
+COLUMNS = [
+    "run_id", "family", "model", "size", "patch", "params", "flops_per_image", "fraction", "train_size",
+    "examples_seen", "epochs", "seed", "pretrain_flops", "device_hours", "throughput", "val_top1",
+    "status", "study", "run_dir",
+]
+TEXT_COLUMNS = ("run_id", "family", "model", "size", "status", "study", "run_dir")
+INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "seed")
+FLOAT_COLUMNS = ("flops_per_image", "fraction", "epochs", "pretrain_flops", "device_hours", "throughput",
+                 "val_top1")
+# Columns a table must have to be drawn (the reference tables and W&B tables have them too).
+REQUIRED_COLUMNS = ("family", "model", "status")
+FEWSHOT_PREFIX = "fewshot_"
+_FEWSHOT_RE = re.compile(r"^fewshot_(?P<dataset>.+)_(?P<k>\d+)$")
+# Directories never searched for records: W&B's client files, VCS and caches.
+_PRUNE = {"wandb", ".git", "__pycache__", ".ipynb_checkpoints"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary of what was read
+
+
+@dataclass
+class Summary:
+    """How many records were read and in which state; ``skipped`` lists unreadable records."""
+
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    interrupted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed + self.running + self.interrupted + len(self.skipped)
+
+    def count(self, status: str) -> None:
+        setattr(self, status, getattr(self, status) + 1)
+
+    @property
+    def line(self) -> str:
+        return (f"{self.total} runs: {self.done} done, {self.failed} failed, "
+                f"{self.running + self.interrupted} running/interrupted, "
+                f"{len(self.skipped)} unreadable records skipped")
+
+    def __str__(self) -> str:
+        return self.line
+
+    @classmethod
+    def of_table(cls, df: pd.DataFrame) -> "Summary":
+        """Counts by status of a table (a table has no unreadable records)."""
+        s = cls()
+        for status, n in df["status"].value_counts().items():
+            if status in STATUSES:
+                setattr(s, status, int(n))
+        return s
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+
+
+def fewshot_column(dataset: str, k: int | str) -> str:
+    return f"{FEWSHOT_PREFIX}{dataset}_{int(k)}"
+
+
+def parse_fewshot_column(name: str) -> tuple[str, int] | None:
+    """``fewshot_synthetic_heldout_5`` → ``("synthetic_heldout", 5)``; None for other columns."""
+    m = _FEWSHOT_RE.match(name)
+    return (m["dataset"], int(m["k"])) if m else None
+
+
+def fewshot_columns(df: pd.DataFrame) -> list[str]:
+    """The table's few-shot columns, by data set (first seen first) then k."""
+    cols = [c for c in df.columns if parse_fewshot_column(c)]
+    order = {d: i for i, d in enumerate(dict.fromkeys(parse_fewshot_column(c)[0] for c in cols))}
+    return sorted(cols, key=lambda c: (order[parse_fewshot_column(c)[0]], parse_fewshot_column(c)[1]))
+
+
+def fewshot_datasets(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(parse_fewshot_column(c)[0] for c in fewshot_columns(df)))
+
+
+def _num(value: Any) -> float:
+    """A finite float, or NaN for None, strings and other non-numbers."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def pretrain_flops(flops_per_image: Any, examples_seen: Any) -> float:
+    """Total pre-training FLOPs: forward + backward ≈ 3 × forward, for every example seen."""
+    return 3.0 * _num(flops_per_image) * _num(examples_seen)
+
+
+def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """One table row from one ``result.json`` record (missing fields become NaN/None)."""
+    row: dict[str, Any] = {
+        "run_id": rec.get("run_id") or (Path(run_dir).name if run_dir else None),
+        "family": rec.get("family"),
+        "model": rec.get("model"),
+        "size": rec.get("size"),
+        "patch": rec.get("patch"),
+        "params": rec.get("params"),
+        "flops_per_image": _num(rec.get("flops_per_image")),
+        "fraction": _num(rec.get("fraction")),
+        "train_size": rec.get("train_size"),
+        "examples_seen": rec.get("examples_seen"),
+        "epochs": _num(rec.get("epochs")),
+        "seed": rec.get("seed"),
+        "device_hours": _num(rec.get("device_hours")),
+        "throughput": _num(rec.get("throughput")),
+        "status": rec.get("status"),
+        "study": rec.get("study"),
+        "run_dir": str(run_dir) if run_dir is not None else rec.get("run_dir"),
+    }
+    row["pretrain_flops"] = pretrain_flops(row["flops_per_image"], row["examples_seen"])
+    if math.isnan(row["epochs"]) and _num(row["train_size"]) > 0:
+        row["epochs"] = _num(row["examples_seen"]) / _num(row["train_size"])
+    metrics = rec.get("metrics") or {}
+    row["val_top1"] = _num(metrics.get("val_top1"))
+    for dataset, per_k in (metrics.get("fewshot") or {}).items():
+        for k, acc in (per_k or {}).items():
+            if str(k).isdigit():
+                row[fewshot_column(dataset, k)] = _num(acc)
+    return row
+
+
+def to_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows → a table with the schema's columns, order and dtypes (few-shot columns last)."""
+    df = pd.DataFrame.from_records(list(rows))
+    return conform(df)
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Add missing schema columns, order them, and coerce dtypes (e.g. after reading a CSV)."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    for col in INT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    for col in FLOAT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in TEXT_COLUMNS:
+        df[col] = df[col].astype("string")
+    fs = fewshot_columns(df)
+    for col in fs:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    extra = [c for c in df.columns if c not in COLUMNS and c not in fs]
+    return df[COLUMNS + fs + extra].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Collect from run directories
+
+
+def find_records(roots: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every ``result.json`` under the given roots (a root may also be a run dir or the file itself).
+
+    A directory holding a ``result.json`` is a run directory: its subdirectories are not searched.
+    Raises :class:`UserError` for a root that does not exist.
+    """
+    found: dict[Path, None] = {}
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise UserError(f"runs directory {root} does not exist")
+        if root.is_file():
+            if root.name != RESULT_FILE:
+                raise UserError(f"{root} is a file, not a runs directory or a {RESULT_FILE}")
+            found[root.resolve()] = None
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            if RESULT_FILE in filenames:
+                found[Path(dirpath, RESULT_FILE).resolve()] = None
+                dirnames[:] = []
+                continue
+            dirnames[:] = sorted(d for d in dirnames if d not in _PRUNE and not d.startswith("."))
+    return list(found)
+
+
+def _load(path: Path) -> tuple[dict | None, str]:
+    try:
+        with open(path, "rb") as f:
+            rec = json.loads(f.read())
+    except (OSError, ValueError) as exc:  # truncated, empty, not UTF-8, unreadable
+        return None, f"{type(exc).__name__}: {one_line(exc)}"
+    if not isinstance(rec, dict):
+        return None, f"not a JSON object but {type(rec).__name__}"
+    if rec.get("status") not in STATUSES:
+        return None, f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}"
+    return rec, ""
+
+
+def collect(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, Summary]:
+    """Read every ``result.json`` under ``roots`` into one table, and count what was read.
+
+    Every readable record becomes a row, whatever its status; an unreadable or truncated record
+    (or one without a known status) is skipped and listed in ``Summary.skipped``. Raises
+    :class:`UserError` when a root is missing or no ``result.json`` is found at all.
+    """
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    roots = list(roots)
+    if not roots:
+        raise UserError("no runs directory given")
+    paths = find_records(roots)
+    if not paths:
+        raise UserError(f"no {RESULT_FILE} found under {', '.join(str(r) for r in roots)}")
+    summary, rows = Summary(), []
+    for path in paths:
+        rec, why = _load(path)
+        if rec is None:
+            summary.skipped.append((str(path), why))
+            log.warning("skipping %s: %s", path, why)
+            continue
+        summary.count(rec["status"])
+        rows.append(row_from_record(rec, path.parent))
+    df = to_frame(rows)
+    return df.sort_values(["family", "model", "fraction", "seed", "run_id"], na_position="last",
+                          kind="stable").reset_index(drop=True), summary
+
+
+def done_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows figures are drawn from: finished runs."""
+    return df[df["status"] == DONE]
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, csv: str | os.PathLike | None = None) -> list[Path]:
+    """Write the table as parquet to ``path`` (and as CSV to ``csv``); returns the paths written.
+
+    Each file is written to a temp name and renamed, so a reader never sees half a table.
+    """
+    written = []
+    for target, writer in ((path, lambda p: df.to_parquet(p, index=False)),
+                           (csv, lambda p: df.to_csv(p, index=False))):
+        if target is None:
+            continue
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            writer(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(target)
+    return written
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A results table from parquet or CSV, checked for the columns figures need."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"results table {path} does not exist")
+    try:
+        if path.suffix.lower() == ".csv":
+            df = pd.read_csv(path)
+        else:
+            df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and the CSV parser raise many types
+        raise UserError(f"cannot read results table {path}: {one_line(exc)}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"results table {path} is missing columns: {', '.join(missing)}")
+    return conform(df)
+
+
+# ----------------------------------------------------------------------------------------------
+# W&B
+
+
+def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``, or a flat ``tree["a.b"]`` (W&B keeps both styles)."""
+    if dotted in tree:
+        return tree[dotted]
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    if isinstance(node, Mapping) and "value" in node and len(node) <= 2:  # raw W&B config entries
+        return node["value"]
+    return node
+
+
+_WANDB_STATES = {"finished": DONE, "running": RUNNING, "pending": RUNNING, "crashed": FAILED,
+                 "failed": FAILED, "killed": INTERRUPTED, "preempting": INTERRUPTED, "preempted": INTERRUPTED}
+_SHOT_KEY = re.compile(r"^fewshot/(?P<dataset>.+)/(?P<k>\d+)shot$")
+
+
+def _model_meta(name: str | None) -> dict[str, Any]:
+    """family, size, patch of a registry name ``<family>/<size>``.
+
+    Read from the name when it says all (``mixer/b16`` → patch 16, ``bit/r50x1`` → no patch);
+    otherwise (``mixer/tiny``) from the model registry, which imports torch.
+    """
+    if not name:
+        return {}
+    family, _, size = str(name).partition("/")
+    m = re.search(r"(\d+)$", size)
+    if family == "bit" or (family in ("mixer", "vit") and m):
+        return {"family": family, "size": size, "patch": int(m.group(1)) if family != "bit" else None}
+    try:
+        from ..models.registry import get_spec
+
+        spec = get_spec(name)
+        return {"family": spec.family, "size": spec.size, "patch": spec.patch}
+    except Exception:  # not a registry name, or the models cannot be imported here
+        return {"family": family, "size": size or None, "patch": None}
+
+
+def _flops_of(name: str | None, image_size: Any, num_classes: Any) -> float:
+    """Forward FLOPs from the model registry (W&B summaries of older runs do not carry them)."""
+    if not name:
+        return math.nan
+    try:
+        from ..models.flops import forward_flops
+
+        kwargs = {"num_classes": int(num_classes)} if _num(num_classes) > 0 else {}
+        size = int(image_size) if _num(image_size) > 0 else None
+        return float(forward_flops(name, size, **kwargs))
+    except Exception:
+        return math.nan
+
+
+def row_from_wandb(run: Any) -> dict[str, Any]:
+    """One table row from a ``wandb.apis.public.Run``: its config (the resolved run config) and summary.
+
+    Fields the summary holds under their record names win over values derived from the config;
+    forward FLOPs are recomputed from the model registry when the summary lacks them.
+    """
+    cfg = dict(run.config or {})
+    summary = dict(getattr(run, "summary_metrics", None) or {})
+    name = summary.get("model") or _get(cfg, "model.name")
+    meta = _model_meta(name)
+    examples = summary.get("examples_seen", _get(cfg, "train.examples_seen"))
+    train_size = summary.get("train_size")
+    image_size = summary.get("image_size", _get(cfg, "data.image_size", _get(cfg, "model.image_size")))
+    flops = _num(summary.get("flops_per_image"))
+    if math.isnan(flops):
+        flops = _flops_of(name, image_size, summary.get("num_classes", _get(cfg, "data.num_classes")))
+    status = summary.get("status") if summary.get("status") in STATUSES else \
+        _WANDB_STATES.get(str(getattr(run, "state", "")), FAILED)
+    row = {
+        "run_id": getattr(run, "id", None),
+        "family": summary.get("family", meta.get("family")),
+        "model": name,
+        "size": summary.get("size", meta.get("size")),
+        "patch": summary.get("patch", meta.get("patch")),
+        "params": summary.get("params"),
+        "flops_per_image": flops,
+        "fraction": _num(summary.get("fraction", _get(cfg, "data.fraction"))),
+        "train_size": train_size,
+        "examples_seen": examples,
+        "epochs": _num(summary.get("epochs")),
+        "seed": summary.get("seed", _get(cfg, "seed")),
+        "pretrain_flops": pretrain_flops(flops, examples),
+        "device_hours": _num(summary.get("device_hours")),
+        "throughput": _num(summary.get("throughput")),
+        "val_top1": _num(summary.get("val_top1")),
+        "status": status,
+        "study": getattr(run, "group", None) or _get(cfg, "study"),
+        "run_dir": getattr(run, "url", None),
+    }
+    if math.isnan(row["epochs"]) and _num(train_size) > 0:
+        row["epochs"] = _num(examples) / _num(train_size)
+    for key, value in summary.items():
+        m = _SHOT_KEY.match(str(key))
+        if m:
+            row[fewshot_column(m["dataset"], m["k"])] = _num(value)
+    return row
+
+
+def _is_rate_limit(exc: BaseException) -> bool:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    text = str(exc).lower()
+    return status == 429 or "429" in text or "rate limit" in text or "too many requests" in text
+
+
+def collect_wandb(entity_project: str, group: str | None = None, *, api: Any = None, per_page: int = 500,
+                  max_retries: int = 6, backoff_s: float = 2.0,
+                  sleep: Callable[[float], None] = time.sleep) -> pd.DataFrame:
+    """The results table from a W&B project's run configs and summaries (no history is downloaded).
+
+    Runs are paged ``per_page`` at a time with their config and summary in the page query. On a
+    rate limit (HTTP 429) the listing waits (exponential backoff with jitter, up to
+    ``max_retries`` times) and starts again, skipping runs it already has. A path that is not
+    ``ENTITY/PROJECT``, a project that does not exist or cannot be reached, or one with no runs
+    (in ``group``) raises :class:`UserError` with one line. ``api`` defaults to ``wandb.Api()``.
+    """
+    parts = str(entity_project).strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--wandb {entity_project!r} is not ENTITY/PROJECT")
+    where = f"W&B project {entity_project}" + (f" (group {group})" if group else "")
+    rows: dict[str, dict] = {}
+    for attempt in range(max_retries + 1):
+        try:
+            if api is None:
+                import wandb
+
+                api = wandb.Api(timeout=30)
+            for run in _list_runs(api, entity_project, group, per_page):
+                if run.id not in rows:
+                    rows[run.id] = row_from_wandb(run)
+            break
+        except UserError:
+            raise
+        except Exception as exc:
+            if not _is_rate_limit(exc) or attempt == max_retries:
+                raise UserError(f"cannot read {where}: {one_line(exc)}") from None
+            wait = backoff_s * 2 ** attempt * (1 + random.random() / 4)
+            log.warning("W&B rate limit (%s); retrying in %.0f s", one_line(exc), wait)
+            sleep(wait)
+    if not rows:
+        raise UserError(f"{where} has no runs")
+    df = to_frame(list(rows.values()))
+    return df.sort_values(["family", "model", "fraction", "seed", "run_id"], na_position="last",
+                          kind="stable").reset_index(drop=True)
+
+
+def _list_runs(api: Any, path: str, group: str | None, per_page: int) -> Iterator[Any]:
+    filters = {"group": group} if group else None
+    try:
+        runs = api.runs(path, filters=filters, per_page=per_page, lazy=False)
+    except TypeError:  # wandb < 0.21 has no `lazy` (and loads config and summary anyway)
+        runs = api.runs(path, filters=filters, per_page=per_page)
+    yield from runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic records (tests, benchmarks, the notebook's demo table)
+
+# name, family, size, patch, params, forward FLOPs/image at 224, and the data-scaling curve
+# err = d·fraction^(−b) + c: Mixer starts lower and gains more from data than ViT and BiT (paper §3.3)
+SYNTHETIC_MODELS = (
+    ("mixer/b32", "mixer", "b32", 32, 60_293_428, 8.9e9, 0.12, 0.38, 0.14),
+    ("mixer/l32", "mixer", "l32", 32, 206_000_000, 3.1e10, 0.11, 0.40, 0.10),
+    ("mixer/l16", "mixer", "l16", 16, 208_196_168, 1.2e11, 0.10, 0.42, 0.07),
+    ("vit/b32", "vit", "b32", 32, 88_000_000, 8.7e9, 0.13, 0.26, 0.16),
+    ("vit/l32", "vit", "l32", 32, 306_000_000, 3.1e10, 0.12, 0.28, 0.12),
+    ("vit/l16", "vit", "l16", 16, 304_000_000, 1.2e11, 0.11, 0.30, 0.09),
+    ("bit/r152x2", "bit", "r152x2", None, 236_000_000, 9.2e10, 0.12, 0.22, 0.12),
+)
+SYNTHETIC_FRACTIONS = (0.03, 0.1, 0.3, 1.0)
+
+
+def synthetic_records(n: int, *, seed: int = 0, full_size: int = 1_000_000, examples_seen: int = 7_000_000,
+                      statuses: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """``n`` plausible records in the ``result.json`` schema, for tests, benchmarks and demos.
+
+    Runs cycle through :data:`SYNTHETIC_MODELS` × :data:`SYNTHETIC_FRACTIONS` × seeds; accuracy
+    follows ``1 − (d·fraction^(−b) + c)`` per model with small noise, so fits have something to find.
+    ``statuses`` gives the share of each non-done status (e.g. ``{"failed": 0.05}``); such runs have
+    no metrics, as real ones would not.
+    """
+    rng = random.Random(seed)
+    cells = [(m, f) for m in SYNTHETIC_MODELS for f in SYNTHETIC_FRACTIONS]
+    out = []
+    for i in range(n):
+        (name, family, size, patch, params, flops, d, b, c), fraction = cells[i % len(cells)]
+        run_seed = i // len(cells)
+        train_size = int(full_size * fraction)
+        err = d * fraction ** (-b) + c
+        acc = min(max(1.0 - err * math.exp(rng.gauss(0.0, 0.02)), 0.0), 1.0)
+        r = rng.random()
+        status, cum = DONE, 0.0
+        for st, share in (statuses or {}).items():
+            cum += share
+            if r < cum:
+                status = st
+                break
+        run_id = f"{i:06d}{rng.getrandbits(16):04x}"
+        rec: dict[str, Any] = {
+            "run_id": run_id, "run_dir": f"runs/{run_id}", "study": "synthetic", "status": status,
+            "config": {"model": {"name": name}, "data": {"fraction": fraction}, "seed": run_seed},
+            "model": name, "family": family, "size": size, "patch": patch, "image_size": 224,
+            "params": params, "params_backbone": params - 769_000, "flops_per_image": flops,
+            "dataset": "synthetic", "num_classes": 1000, "fraction": fraction, "train_size": train_size,
+            "full_size": full_size, "examples_seen": examples_seen, "batch_size": 4096,
+            "steps": -(-examples_seen // 4096), "epochs": examples_seen / train_size, "seed": run_seed,
+            "train_seconds": 3.6e-12 * flops * examples_seen * rng.uniform(0.9, 1.1),
+            "throughput": 2.0e13 / flops * rng.uniform(0.95, 1.05), "device": "synthetic", "num_devices": 1,
+            "metrics": {}, "attempts": 1,
+        }
+        rec["device_hours"] = rec["train_seconds"] / 3600.0
+        if status == DONE:
+            rec["metrics"] = {
+                "val_top1": acc,
+                "fewshot": {
+                    ds: {str(k): min(max(acc * scale * (1 - 0.5 / k) + rng.gauss(0, 0.01), 0.0), 1.0)
+                         for k in (1, 5, 10, 25)}
+                    for ds, scale in (("digits", 1.05), ("synthetic_heldout", 0.85))
+                },
+            }
+        elif status == FAILED:
+            rec["error"] = {"type": "RuntimeError", "message": "synthetic failure", "traceback": ""}
+        out.append(rec)
+    return out
+
+
+def write_records(records: Iterable[Mapping[str, Any]], runs_dir: str | os.PathLike) -> Path:
+    """Write each record to ``<runs_dir>/<run_id>/result.json`` (tests and benchmarks)."""
+    runs_dir = Path(runs_dir)
+    for rec in records:
+        run_dir = runs_dir / str(rec["run_id"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RESULT_FILE).write_text(json.dumps({**rec, "run_dir": str(run_dir)}))
+    return runs_dir
+
+
+__all__ = [
+    "COLUMNS", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect", "collect_wandb", "conform",
+    "done_runs", "fewshot_column", "fewshot_columns", "fewshot_datasets", "find_records",
+    "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record", "row_from_wandb", "to_frame",
+    "synthetic_records", "write_records", "write_table",
+]
