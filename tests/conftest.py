@@ -19,14 +19,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # Small enough for seconds on 2 CPU cores, large enough to exercise every stage of a run.
+TINY_SYNTHETIC = ["data.size=2000", "data.val_size=256"]
 TINY = [
     "train.examples_seen=1024",
     "train.batch_size=64",
     "train.warmup_steps=2",
     "train.log_every=2",
     "train.checkpoint_every=4",
-    "data.size=2000",
-    "data.val_size=256",
+    *TINY_SYNTHETIC,
     "fewshot.shots=[1,5]",
     "eval.batch_size=128",
     "eval.throughput_batch_sizes=[8,32]",
