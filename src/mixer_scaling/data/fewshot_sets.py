@@ -1,9 +1,17 @@
-"""Downstream sets for linear few-shot evaluation: a pool to draw k shots from, and a test set.
+"""Downstream sets for linear few-shot evaluation: a pool to draw k shots per class from, and a test set.
 
-* ``digits``: scikit-learn's bundled handwritten digits (real scans, 10 classes, 1,797 8×8 images,
-  shipped with scikit-learn, so nothing is downloaded), resized to the run's resolution, 3 channels.
-* ``synthetic_heldout``: classes of the embedded generator that pre-training never sees.
-* ``cifar10``, ``cifar100``, ``imagefolder``: real sets for users' evaluations (``fewshot.root``).
+* ``digits``: scikit-learn's bundled handwritten digits (real scans, 10 classes, 1,797 8x8 images,
+  shipped inside scikit-learn, so nothing is downloaded), scaled to [-1, 1], resized bilinearly to the
+  run's resolution, 3 channels. A fixed stratified split: 100 images per class form the pool (1,000),
+  the other 797 the test set.
+* ``synthetic_heldout``: 20 classes of the embedded generator that pre-training never sees (class ids
+  after ``data.num_classes``), 30 pool and 50 test images per class, from their own index streams.
+* ``cifar10``, ``cifar100``: torchvision's train split is the pool, test split the test set (read from
+  ``fewshot.root``, downloaded there only with ``fewshot.download=true``).
+* ``imagefolder``: ``fewshot.root/train`` is the pool, ``fewshot.root/val`` the test set.
+
+Items are (float32 3xSxS in [-1, 1], int label) like the pre-training sets, without augmentation;
+pass ``FewshotSet.collate_fn`` to the DataLoader.
 """
 
 from __future__ import annotations
@@ -14,14 +22,20 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .build import passthrough
+from .build import MAX_SYNTHETIC_CLASSES, _is_int, passthrough, plain
 from .synthetic import SyntheticImages
 
 NAMES = ("digits", "synthetic_heldout", "cifar10", "cifar100", "imagefolder")
-DIGITS_POOL_PER_CLASS = 100  # the rest (~80 per class) is the test set
+DIGITS_POOL_PER_CLASS = 100
+HELDOUT_CLASSES = 20
+HELDOUT_POOL_PER_CLASS = 30
+HELDOUT_TEST_PER_CLASS = 50
+#: Held-out class ids start here when pre-training does not use the embedded data.
+DEFAULT_HELDOUT_OFFSET = 1000
 
 
 @dataclass
@@ -29,45 +43,115 @@ class FewshotSet:
     train: Dataset   # the pool the k shots are drawn from
     test: Dataset
     num_classes: int
-    collate_fn: Callable | None = None
+    collate_fn: Callable | None = passthrough
+
+    def pool_labels(self) -> np.ndarray:
+        return dataset_labels(self.train)
+
+
+class DigitsImages(Dataset):
+    """scikit-learn's 8x8 digits (values 0..16) as 3 x S x S images in [-1, 1], resized bilinearly on
+    the fly (a whole batch at once in ``__getitems__``)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, image_size: int):
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 8.0 - 1.0)[:, None]
+        self.targets = [int(v) for v in labels]
+        self._labels = torch.as_tensor(self.targets, dtype=torch.int64)
+        self.image_size = int(image_size)
+        self.num_classes = 10
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def labels(self) -> np.ndarray:
+        return self._labels.numpy().copy()
+
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for a data set of {len(self)} images")
+        idx = torch.where(idx < 0, idx + len(self), idx)
+        x = self.images[idx]
+        s = self.image_size
+        if s != x.shape[-1]:
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return x.expand(-1, 3, -1, -1).clamp(-1.0, 1.0).contiguous(), self._labels[idx]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.__getitems__([index])
+        return x[0], int(y[0])
 
 
 def digits(image_size: int) -> FewshotSet:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2.0 - 1.0)[:, None]  # [-1, 1]
-    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    x = x.expand(-1, 3, -1, -1).contiguous()
-    y = torch.from_numpy(d.target.astype(np.int64))
-    # A fixed stratified split: the first 100 images of each class (in a seeded order) form the pool.
+    y = d.target.astype(np.int64)
+    # A fixed stratified split: the first 100 images of each class in a seeded order form the pool.
     order = np.random.default_rng(0).permutation(len(y))
-    pool = np.concatenate([order[d.target[order] == c][:DIGITS_POOL_PER_CLASS] for c in range(10)])
+    pool = np.sort(np.concatenate([order[y[order] == c][:DIGITS_POOL_PER_CLASS] for c in range(10)]))
     test = np.setdiff1d(np.arange(len(y)), pool)
-    return FewshotSet(TensorDataset(x[pool], y[pool]), TensorDataset(x[test], y[test]), 10)
+    return FewshotSet(DigitsImages(d.images[pool], y[pool], image_size), DigitsImages(d.images[test], y[test], image_size), 10)
 
 
-def synthetic_heldout(image_size: int, data_cfg: Mapping | None, classes: int = 20, pool: int = 30,
-                      test: int = 20) -> FewshotSet:
-    data_cfg = data_cfg or {}
-    seed = int(data_cfg.get("seed", 0))
-    # Class ids after the pre-training ones (synthetic data has num_classes of them; 1000 covers the rest).
-    offset = int(data_cfg.get("num_classes", 1000)) if data_cfg.get("name") == "synthetic" else 1000
-    common = dict(image_size=image_size, classes=classes, seed=seed, class_offset=offset)
-    return FewshotSet(SyntheticImages(classes * pool, split="fewshot_train", **common),
-                      SyntheticImages(classes * test, split="fewshot_test", **common), classes, passthrough)
+def synthetic_heldout(image_size: int, data_cfg: Mapping | None = None) -> FewshotSet:
+    """Held-out classes of the embedded generator: ids ``num_classes .. num_classes + 19`` of the
+    pre-training data's seed (or ids 1000.. of seed 0 when pre-training uses other data)."""
+    data_cfg = plain(data_cfg)
+    if data_cfg.get("name") == "synthetic":
+        seed, offset = int(data_cfg.get("seed", 0)), int(data_cfg.get("num_classes", 100))
+    else:
+        seed, offset = 0, DEFAULT_HELDOUT_OFFSET
+    offset = min(offset, MAX_SYNTHETIC_CLASSES)
+    common = dict(image_size=image_size, classes=HELDOUT_CLASSES, seed=seed, class_offset=offset)
+    train = SyntheticImages(HELDOUT_CLASSES * HELDOUT_POOL_PER_CLASS, split="fewshot_train", **common)
+    test = SyntheticImages(HELDOUT_CLASSES * HELDOUT_TEST_PER_CLASS, split="fewshot_test", **common)
+    return FewshotSet(train, test, HELDOUT_CLASSES)
 
 
-def build_fewshot_sets(fcfg: Mapping, image_size: int, data_cfg: Mapping | None = None) -> dict[str, FewshotSet]:
-    names = list(fcfg.get("datasets") or [])
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    """All labels of a set without loading its images."""
+    if hasattr(ds, "labels") and callable(ds.labels):
+        return np.asarray(ds.labels())
+    if isinstance(ds, torch.utils.data.Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices)]
+    if hasattr(ds, "targets"):
+        return np.asarray(ds.targets)
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))])
+
+
+def _check_fewshot_cfg(fcfg: Mapping) -> tuple[list[str], list[int]]:
+    names = fcfg.get("datasets")
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"fewshot.datasets={names!r} is not allowed; expected a list of: {', '.join(NAMES)}")
     unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise ConfigError(f"fewshot.datasets={names} has unknown {unknown}; choose from: {', '.join(NAMES)}")
-    shots = list(fcfg.get("shots") or [])
-    if not shots or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in shots):
-        raise ConfigError(f"fewshot.shots={shots} is not allowed; expected a list of integers >= 1")
-    sets = {}
-    for name in names:
+        raise ConfigError(f"fewshot.datasets={list(names)} has unknown {unknown[0]!r}; choose from: {', '.join(NAMES)}")
+    shots = fcfg.get("shots")
+    if not isinstance(shots, (list, tuple)) or not shots or any(not _is_int(k) or k < 1 for k in shots):
+        raise ConfigError(f"fewshot.shots={shots!r} is not allowed; expected a list of integers >= 1")
+    if "seeds" in fcfg:
+        seeds = fcfg.get("seeds")
+        if not isinstance(seeds, (list, tuple)) or not seeds or any(not _is_int(s) or s < 0 for s in seeds):
+            raise ConfigError(f"fewshot.seeds={seeds!r} is not allowed; expected a list of integers >= 0")
+    if "l2_reg" in fcfg:
+        l2 = fcfg.get("l2_reg")
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 > 0 or l2 == float("inf"):
+            raise ConfigError(f"fewshot.l2_reg={l2!r} is not allowed; expected a number > 0 (big_vision: 1024)")
+    return list(names), list(shots)
+
+
+def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping | None = None) -> dict[str, FewshotSet]:
+    """``{name: FewshotSet}`` for ``fewshot.datasets`` at ``image_size``; ``data_cfg`` (the pre-training
+    ``data`` group) places the held-out synthetic classes after the pre-training ones."""
+    fcfg = plain(cfg_fewshot)
+    names, shots = _check_fewshot_cfg(fcfg)
+    if not _is_int(image_size) or image_size < 4:
+        raise ConfigError(f"data.image_size={image_size!r} is not allowed; expected an integer >= 4")
+    sets: dict[str, FewshotSet] = {}
+    for name in dict.fromkeys(names):
         if name == "digits":
             sets[name] = digits(image_size)
         elif name == "synthetic_heldout":
@@ -75,31 +159,28 @@ def build_fewshot_sets(fcfg: Mapping, image_size: int, data_cfg: Mapping | None 
         else:
             sets[name] = _user_set(name, fcfg, image_size)
     for name, fs in sets.items():
-        fewest = min(np.bincount(_labels(fs.train), minlength=fs.num_classes))
-        if max(shots) > fewest:
-            raise ConfigError(f"fewshot.shots={shots}: {name} has only {fewest} pool images in some class")
+        counts = np.bincount(dataset_labels(fs.train), minlength=fs.num_classes)
+        if max(shots) > counts.min():
+            raise ConfigError(
+                f"fewshot.shots={shots}: {name} has only {counts.min()} pool images in some class; "
+                f"allowed: shots <= {counts.min()}"
+            )
     return sets
 
 
-def _labels(ds: Dataset) -> np.ndarray:
-    if isinstance(ds, TensorDataset):
-        return ds.tensors[1].numpy()
-    if isinstance(ds, SyntheticImages):
-        return ds.labels()
-    return np.asarray(ds.targets)
-
-
 def _user_set(name: str, fcfg: Mapping, image_size: int) -> FewshotSet:
-    from .folders import cifar, image_folder
+    from .folders import cifar, image_folder_pair
 
     root = fcfg.get("root")
-    if not root or not Path(str(root)).is_dir():
-        raise DataError(f"fewshot.root={root!r} does not exist; {name} few-shot evaluation reads it from there")
-    opts = {"download": fcfg.get("download", False), "verify_images": True}
+    download = fcfg.get("download", False) is True
+    if root in (None, "", "???"):
+        raise DataError(f"fewshot.root is not set; the {name} few-shot set is read from there (fewshot.root=/data/{name})")
+    if not Path(str(root)).is_dir() and not (download and name != "imagefolder"):
+        raise DataError(f"fewshot.root={str(root)!r} does not exist; the {name} few-shot set is read from there")
+    opts = {"download": download, "verify_images": fcfg.get("verify_images", True), "flip": False}
     if name == "imagefolder":
-        train = image_folder(Path(root), "train", image_size, False, opts)
-        test = image_folder(Path(root), "val", image_size, False, opts)
-        return FewshotSet(train, test, len(train.classes))
-    train = cifar(name, Path(root), image_size, True, opts, augment=False)
-    test = cifar(name, Path(root), image_size, False, opts)
+        train, test = image_folder_pair(Path(str(root)), opts, image_size, key="fewshot", train_augment=False)
+    else:
+        train = cifar(name, Path(str(root)), image_size, train=True, cfg=opts, augment=False, key="fewshot")
+        test = cifar(name, Path(str(root)), image_size, train=False, cfg=opts, key="fewshot")
     return FewshotSet(train, test, len(train.classes))

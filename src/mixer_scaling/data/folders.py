@@ -1,70 +1,186 @@
 """Users' own data: an ImageFolder tree (ImageNet layout) and CIFAR-10/100 through torchvision.
 
 Transforms come from timm's factory (inception crop + flip for training, resize + centre crop for
-evaluation, optional RandAugment) with mean = std = 0.5, so pixels land in [-1, 1] like the
-embedded data. Problems with the files are found when the set is built, before a run starts.
+evaluation, optional RandAugment) with mean = std = 0.5, so pixels land in [-1, 1] like the embedded
+data; grayscale, palette, CMYK and RGBA files become 3-channel RGB. Problems with the files are found
+when the set is built, before a run starts: a missing root or split folder, no class folders, no
+images, and (``verify_images``) any file PIL cannot identify.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from PIL import Image
-from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 
 HALF = (0.5, 0.5, 0.5)
 
 
-def transform(image_size: int, train: bool, randaugment: str | None = None, flip: bool = True):
-    return create_transform(image_size, is_training=train, mean=HALF, std=HALF, interpolation="bilinear",
-                            auto_augment=randaugment if train else None, hflip=0.5 if (train and flip) else 0.0,
-                            # timm's colour jitter is off in the paper's recipes
-                            color_jitter=None)
+def transform(
+    image_size: int,
+    train: bool,
+    randaugment: str | None = None,
+    flip: bool = True,
+    crop_pct: float = 0.875,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+):
+    """timm's training (inception crop, flip, RandAugment) or evaluation (resize, centre crop)
+    transform, normalised to [-1, 1]."""
+    from timm.data import create_transform
+
+    if train:
+        return create_transform(
+            image_size,
+            is_training=True,
+            mean=HALF,
+            std=HALF,
+            interpolation="bilinear",
+            scale=tuple(float(s) for s in crop_scale),
+            hflip=0.5 if flip else 0.0,
+            auto_augment=randaugment or None,
+            color_jitter=None,  # not part of the paper's recipes
+        )
+    return create_transform(
+        image_size, is_training=False, mean=HALF, std=HALF, interpolation="bilinear", crop_pct=float(crop_pct)
+    )
 
 
-def _rgb_loader(path: str) -> Image.Image:
+def rgb_loader(path: str) -> Image.Image:
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")  # grayscale, CMYK and RGBA become 3 channels
+            return Image.open(f).convert("RGB")
     except Exception as exc:
-        raise DataError(f"unreadable image {path}: {exc}") from None
+        raise DataError(f"unreadable image {path}: {one_line(exc)}") from None
 
 
-def image_folder(root: Path, split_dir: str, image_size: int, train: bool, cfg: Mapping) -> datasets.ImageFolder:
-    """``root/split_dir/<class>/<image>``; every image checked when ``data.verify_images`` is true.
+class _Folder(datasets.ImageFolder):
+    """ImageFolder with an optional fixed class -> index map (so val/ uses train/'s indices)."""
 
-    ``train`` selects timm's training transform (augmented) or its evaluation transform."""
-    path = Path(root) / split_dir
+    def __init__(self, root: str, class_to_idx: dict[str, int] | None = None, **kw):
+        self._fixed = class_to_idx
+        super().__init__(root, **kw)
+
+    def find_classes(self, directory):
+        if self._fixed is None:
+            return super().find_classes(directory)
+        return sorted(self._fixed, key=self._fixed.get), dict(self._fixed)
+
+
+def _class_dirs(path: Path) -> list[str]:
+    return sorted(e.name for e in path.iterdir() if e.is_dir() and not e.name.startswith("."))
+
+
+def verify_images(files: Sequence[str]) -> None:
+    """Open every file with PIL and verify its header; the first unreadable one raises DataError."""
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                im.verify()
+        except Exception as exc:
+            raise DataError(f"unreadable image {file}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def image_folder(
+    root: Path,
+    split_dir: str,
+    image_size: int,
+    train: bool,
+    cfg: Mapping,
+    class_to_idx: dict[str, int] | None = None,
+    key: str = "data",
+) -> datasets.ImageFolder:
+    """``root/split_dir/<class>/<image>`` as a dataset of (x in [-1, 1], label).
+
+    ``train`` selects timm's augmented training transform or its evaluation transform; with
+    ``class_to_idx`` the labels follow that map (a class folder outside it is an error)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"{key}.root={str(root)!r} does not exist; expected an ImageFolder tree with "
+            f"{cfg.get('train_dir', 'train')}/ and {cfg.get('val_dir', 'val')}/ class folders"
+        )
+    path = root / split_dir
     if not path.is_dir():
-        raise DataError(f"data.root={str(root)!r} has no {split_dir}/ folder; expected {root}/{split_dir}/<class>/<image>")
+        raise DataError(f"{key}.root={str(root)!r} has no {split_dir}/ folder; expected {root}/{split_dir}/<class>/<image>")
+    found = _class_dirs(path)
+    if not found:
+        raise DataError(f"{key}.root={str(root)!r}: {split_dir}/ has no class folders; expected {path}/<class>/<image>")
+    if class_to_idx is not None:
+        extra = [c for c in found if c not in class_to_idx]
+        if extra:
+            raise DataError(f"{key}.root={str(root)!r}: {split_dir}/ has class folder {extra[0]!r} that the training split lacks")
+    tf = transform(
+        image_size,
+        train,
+        cfg.get("randaugment"),
+        bool(cfg.get("flip", True)),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        crop_scale=cfg.get("crop_scale") or (0.08, 1.0),
+    )
     try:
-        ds = datasets.ImageFolder(str(path), transform=transform(image_size, train, cfg.get("randaugment"),
-                                                                 cfg.get("flip", True)), loader=_rgb_loader)
-    except (FileNotFoundError, OSError) as exc:  # torchvision: no class folders, or no images in them
-        raise DataError(f"data.root={str(root)!r}: {str(exc).splitlines()[0]}") from None
-    if cfg.get("verify_images", True):
-        for file, _ in ds.samples:
-            try:
-                with Image.open(file) as im:
-                    im.verify()
-            except Exception as exc:
-                raise DataError(f"unreadable image {file}: {type(exc).__name__}: {exc}") from None
+        ds = _Folder(str(path), class_to_idx=class_to_idx, transform=tf, loader=rgb_loader, allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"{key}.root={str(root)!r}: {one_line(exc)}") from None
+    if len(ds) == 0:
+        raise DataError(
+            f"{key}.root={str(root)!r}: {split_dir}/ holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
+        )
+    if bool(cfg.get("verify_images", True)):
+        verify_images([f for f, _ in ds.samples])
     return ds
 
 
-def cifar(name: str, root: Path, image_size: int, train: bool, cfg: Mapping, augment: bool | None = None) -> Dataset:
-    """The train or test split; augmented (timm's training transform) when ``augment`` (default: ``train``)."""
-    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+def image_folder_pair(root: Path, cfg: Mapping, image_size: int, key: str = "data", train_augment: bool = True):
+    """The training and validation folders of a tree; validation labels use the training classes."""
+    train_dir, val_dir = str(cfg.get("train_dir", "train")), str(cfg.get("val_dir", "val"))
+    for d in (train_dir, val_dir):  # both split folders exist before the (long) image verification
+        if Path(root).is_dir() and not (Path(root) / d).is_dir():
+            raise DataError(f"{key}.root={str(root)!r} has no {d}/ folder; expected {root}/{d}/<class>/<image>")
+    train = image_folder(root, train_dir, image_size, train_augment, cfg, key=key)
+    val = image_folder(root, val_dir, image_size, False, cfg, class_to_idx=train.class_to_idx, key=key)
+    return train, val
+
+
+_CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10", "cifar-10-batches-py"),
+          "cifar100": (datasets.CIFAR100, "CIFAR-100", "cifar-100-python")}
+
+
+def cifar(
+    name: str,
+    root: Path,
+    image_size: int,
+    train: bool,
+    cfg: Mapping,
+    augment: bool | None = None,
+    key: str = "data",
+) -> Dataset:
+    """The train or test split of CIFAR-10/100 under ``root`` (torchvision's layout); downloaded there
+    only when ``download`` is true. Augmented (timm's training transform) when ``augment``
+    (default: ``train``); evaluation resizes the whole image (no centre crop)."""
+    cls, title, folder = _CIFAR[name]
     download = bool(cfg.get("download", False))
     augment = train if augment is None else augment
+    tf = transform(
+        image_size,
+        augment,
+        cfg.get("randaugment"),
+        bool(cfg.get("flip", True)),
+        crop_pct=1.0,
+        crop_scale=cfg.get("crop_scale") or (0.35, 1.0),
+    )
+    if not download and not Path(root).is_dir():
+        raise DataError(f"{key}.root={str(root)!r} does not exist; expected torchvision's {title} files "
+                        f"({folder}/) there, or set {key}.download=true to download them")
     try:
-        return cls(str(root), train=train, download=download,
-                   transform=transform(image_size, augment, cfg.get("randaugment"), cfg.get("flip", True)))
-    except RuntimeError as exc:  # "Dataset not found or corrupted."
-        hint = "" if download else "; set data.download=true to download it"
-        raise DataError(f"data.root={str(root)!r} holds no {name} ({str(exc).splitlines()[0]}){hint}") from None
+        return cls(str(root), train=train, download=download, transform=tf)
+    except RuntimeError as exc:  # "Dataset not found or corrupted. You can use download=True ..."
+        hint = "" if download else f"; set {key}.download=true to download it"
+        raise DataError(f"{key}.root={str(root)!r} holds no usable {title} ({folder}/ missing or corrupt){hint}") from None
+    except Exception as exc:  # network errors while downloading and the like
+        raise DataError(f"{key}.root={str(root)!r}: could not load {title}: {one_line(exc)}") from None

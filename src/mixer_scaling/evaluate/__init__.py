@@ -1,1 +1,21 @@
-"""Evaluation: upstream top-1 (classify), linear few-shot (fewshot, downstream), throughput."""
+"""Evaluation: the linear few-shot protocol of big_vision (``fewshot_lsr``)."""
+
+from mixer_scaling.evaluate.fewshot import (
+    BIAS_CONSTANT,
+    DEFAULT_L2_REG,
+    fewshot_accuracies,
+    fewshot_eval,
+    fewshot_indices,
+    ridge_fit,
+    ridge_predict,
+)
+
+__all__ = [
+    "BIAS_CONSTANT",
+    "DEFAULT_L2_REG",
+    "fewshot_accuracies",
+    "fewshot_eval",
+    "fewshot_indices",
+    "ridge_fit",
+    "ridge_predict",
+]
