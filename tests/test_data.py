@@ -72,6 +72,14 @@ def test_same_index_same_pixels_in_any_order_batch_or_instance():
         ds.__getitems__([5000])
 
 
+def test_large_images_render_in_chunks_with_the_same_pixels():
+    ds = SyntheticImages(100, image_size=96)  # 28 images per chunk: 40 spans two
+    x, _ = ds.__getitems__(range(40))
+    assert x.shape == (40, 3, 96, 96)
+    assert torch.equal(torch.stack([ds[i][0] for i in (0, 27, 28, 39)]), x[[0, 27, 28, 39]])
+    assert torch.equal(ds.__getitems__(range(30, 40))[0], x[30:])
+
+
 @pytest.mark.parametrize("size", [32, 20])
 def test_items_are_float32_chw_in_range(size):
     ds = SyntheticImages(400, image_size=size, classes=100)

@@ -39,6 +39,7 @@ across CPU types the last bit may differ (BLAS, ``sin``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -73,6 +74,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _CLASS_KEY = 0xC1A55
+_CHUNK_PIXELS = 1 << 18  # pixels per plane rendered at once (256 images at 32x32)
 _NOISE_BANK = 1 << 20  # floats of shared Gaussian noise, each sample reads a window at a hashed offset
 
 
@@ -226,6 +228,34 @@ NUISANCE = {
 
 
 _BANK_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_BLAS: list = []  # [threadpoolctl controller or None], made on first use
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Render on one core: torch's intra-op threads and numpy's BLAS threads set to 1 meanwhile.
+
+    Generation is cheap; parallel regions only add stalls when the other cores are busy (training,
+    other workers). DataLoader workers are one process per core anyway."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except Exception:  # threadpoolctl missing: BLAS keeps its threads
+            _BLAS.append(None)
+    n = torch.get_num_threads()
+    if n != 1:
+        torch.set_num_threads(1)
+    try:
+        if _BLAS[0] is None:
+            yield
+        else:
+            with _BLAS[0].limit(limits=1, user_api="blas"):
+                yield
+    finally:
+        if n != 1:
+            torch.set_num_threads(n)
 
 
 def noise_bank(seed: int, n: int) -> np.ndarray:
@@ -324,10 +354,17 @@ class SyntheticImages(Dataset):
         without training augmentation."""
         idx = self._check(indices)
         labels = idx % self.classes
-        imgs = render_batch(
-            self.seed, SPLITS[self.split], idx, labels + self.class_offset, self.image_size, self._grid, self._noise_bank()
-        )
-        return imgs, labels
+        args = (self.seed, SPLITS[self.split])
+        tail = (self.image_size, self._grid, self._noise_bank())
+        # Large images are rendered a few at a time so the working planes stay in cache.
+        chunk = max(1, _CHUNK_PIXELS // self.image_size**2)
+        with single_threaded():
+            if len(idx) <= chunk:
+                return render_batch(*args, idx, labels + self.class_offset, *tail), labels
+            out = torch.empty((len(idx), 3, self.image_size, self.image_size))
+            for i in range(0, len(idx), chunk):
+                out[i : i + chunk] = render_batch(*args, idx[i : i + chunk], labels[i : i + chunk] + self.class_offset, *tail)
+        return out, labels
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         x, labels = self.render(indices)
@@ -373,6 +410,13 @@ def render_batch(
     if B == 0:
         return torch.empty((0, 3, size, size))
     P = class_prototypes(seed, class_ids)
+    shape = P["shape"]
+    if B > 1 and np.any(shape[1:] < shape[:-1]):
+        # Render in shape order (each shape's pixels are then one contiguous slice), then restore.
+        order = np.argsort(shape, kind="stable")
+        inv = np.empty_like(order)
+        inv[order] = np.arange(B)
+        return render_batch(seed, split_key, idx[order], class_ids[order], size, grid, noise)[torch.from_numpy(inv)]
     U = hash_uniforms(_key(seed, split_key, idx), 40).astype(np.float32)
     J = NUISANCE
 
@@ -403,14 +447,11 @@ def render_batch(
 
     # object mask: per shape group, a gauge < 1 inside; then a soft edge about one pixel wide
     n = torch.empty((B, size, size))
-    shape = P["shape"]
-    order = np.argsort(shape, kind="stable")
-    bounds = np.searchsorted(shape[order], np.arange(NUM_SHAPES + 1))
+    bounds = np.searchsorted(shape, np.arange(NUM_SHAPES + 1)).tolist()  # shape is sorted here
     for k in range(NUM_SHAPES):
-        if bounds[k] == bounds[k + 1]:
-            continue
-        rows = torch.from_numpy(order[bounds[k] : bounds[k + 1]])
-        n[rows] = _shape_norm(k, X[rows], Y[rows])
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo < hi:
+            n[lo:hi] = _shape_norm(k, X[lo:hi], Y[lo:hi])
     m1 = n.mul_(t(-edge)).add_(t(edge + f32(0.5))).clamp_(0.0, 1.0)
     # part mask from the squared distance d2 to its centre: (pr2 - d2) * slope + 0.5
     d2 = X.sub_(t(ox)).square_().add_(Y.sub_(t(oy)).square_())
