@@ -190,8 +190,9 @@ def _cost(counters: dict, num_devices: int) -> dict:
 
 
 def _flat_summary(fields: dict) -> dict:
-    out = {"val_top1": fields["metrics"]["val_top1"], "throughput": fields.get("throughput"),
-           "device_hours": fields.get("device_hours"), "params": fields.get("params")}
+    """The record's scalars, so a W&B project alone can rebuild the results table (analysis.collect_wandb)."""
+    out = {k: v for k, v in fields.items() if isinstance(v, (int, float, str)) and k != "run_dir"}
+    out["val_top1"] = fields["metrics"]["val_top1"]
     for name, per_k in fields["metrics"].get("fewshot", {}).items():
         for k, acc in per_k.items():
             out[f"fewshot/{name}/{k}shot"] = acc
