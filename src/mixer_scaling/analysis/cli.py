@@ -8,19 +8,17 @@
 
 :func:`register` adds both to the project's argparse subparsers; each sets ``fn`` to a function of
 the parsed namespace that returns an exit code. Bad input raises :class:`UserError`, which the
-entry point prints as ``error: <message>`` with exit status 2. ``python -m
-mixer_scaling.analysis.cli`` runs the two subcommands on their own.
+entry point (``mixer-scaling``) prints as ``error: <message>`` with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import EXIT_USAGE, UserError
+from ..errors import UserError
 from .results import Summary, collect, collect_wandb, read_table, write_table
 
 PAPER = "paper"
@@ -109,18 +107,3 @@ def register(subparsers) -> None:
     f.add_argument("--boot", type=int, default=200, help="bootstrap resamples per fit (default 200)")
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     f.set_defaults(fn=cmd_figures)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixer_scaling.analysis.cli", description=__doc__.split("\n")[0])
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

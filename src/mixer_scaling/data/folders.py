@@ -179,7 +179,7 @@ def cifar(
                         f"({folder}/) there, or set {key}.download=true to download them")
     try:
         return cls(str(root), train=train, download=download, transform=tf)
-    except RuntimeError as exc:  # "Dataset not found or corrupted. You can use download=True ..."
+    except RuntimeError:  # "Dataset not found or corrupted. You can use download=True ..."
         hint = "" if download else f"; set {key}.download=true to download it"
         raise DataError(f"{key}.root={str(root)!r} holds no usable {title} ({folder}/ missing or corrupt){hint}") from None
     except Exception as exc:  # network errors while downloading and the like
