@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mixer_scaling.data import build_data, build_fewshot_sets, nested_subset, validate_data_cfg
+from mixer_scaling.data import build_data, build_fewshot_sets
 from mixer_scaling.errors import ConfigError, DataError
 from mixer_scaling.stream import StreamSampler
 

@@ -1,7 +1,6 @@
 import json
 import os
 
-from omegaconf import OmegaConf
 
 from mixer_scaling.config import compose
 from mixer_scaling.records import MetricsLog, Record, atomic_write_json, read_record, run_id_of
