@@ -72,19 +72,33 @@ def build_scheduler(optimizer, t: Mapping, steps: int):
     return scheduler
 
 
-class Interrupted(Exception):
-    """A stop was requested (SIGTERM/SIGINT/SIGUSR1); a checkpoint was written at ``step``."""
+# SIGUSR2 is what submitit asks SLURM to send before a time limit (and what it sends on preemption).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
-    def __init__(self, step: int, signum: int):
+
+class Interrupted(Exception):
+    """A stop was requested by a signal; a checkpoint was written at ``step``.
+
+    ``previous_handler`` is whoever handled the signal before the loop took it over (submitit's
+    checkpoint-and-requeue handler inside a SLURM job); :meth:`hand_over` passes the signal on to it
+    once the run's own checkpoint and record are safely written.
+    """
+
+    def __init__(self, step: int, signum: int, previous_handler=None):
         super().__init__(f"stopped by signal {signal.Signals(signum).name} at step {step}; checkpoint saved")
-        self.step, self.signum = step, signum
+        self.step, self.signum, self.previous_handler = step, signum, previous_handler
+
+    def hand_over(self) -> None:
+        h = self.previous_handler
+        if callable(h) and h is not signal.default_int_handler:
+            h(self.signum, None)
 
 
 @contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)):
+def stop_on_signals(signals=STOP_SIGNALS):
     """Turn stop signals into a flag checked between steps, so a checkpoint is never taken mid-update."""
-    state = {"signum": None}
-    previous = {}
+    state = {"signum": None, "previous": {}}
+    previous = state["previous"]
 
     def handler(signum, frame):
         state["signum"] = signum
@@ -93,7 +107,7 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)):
         for s in signals:
             previous[s] = signal.signal(s, handler)
     except ValueError:  # not the main thread: leave signals to the caller
-        previous = {}
+        previous.clear()
     try:
         yield state
     finally:
@@ -207,6 +221,6 @@ class Loop:
                                         scheduler=scheduler, step=step, counters=self.counters)
                 if stopping:
                     bar.close()
-                    raise Interrupted(step, stop["signum"])
+                    raise Interrupted(step, stop["signum"], stop["previous"].get(stop["signum"]))
         bar.close()
         return self.counters

@@ -8,6 +8,7 @@ bad input is built before the run directory exists, so a bad config leaves nothi
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import random
 import sys
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -135,6 +138,8 @@ def run(cfg: DictConfig) -> dict:
     static = describe(cfg, built, run_id)
     record = Record.open(run_dir, static)
     record.fields.pop("error", None)
+    if slurm_job():
+        record.update(slurm_jobs=[*record.fields.get("slurm_jobs", []), slurm_job()])
     record.save(RUNNING)
     log.info("run %s: %s on %s (fraction %g, %d examples, %.1f epochs) → %s", run_id, static["model"],
              static["dataset"], static["fraction"], static["examples_seen"], static["epochs"], run_dir)
@@ -173,6 +178,8 @@ def run(cfg: DictConfig) -> dict:
         record.update(**_cost(loop.counters, static["num_devices"]), interrupted_at_step=stop.step)
         record.save(INTERRUPTED)
         tracker.finish(0)
+        # Inside a submitit job this is its checkpoint-and-requeue handler: the job comes back and resumes.
+        stop.hand_over()
         raise
     except BaseException as exc:
         record.update(**_cost(loop.counters, static["num_devices"]),
@@ -181,6 +188,16 @@ def run(cfg: DictConfig) -> dict:
         record.save(FAILED)
         tracker.finish(1)
         raise
+
+
+def slurm_job() -> dict | None:
+    """Which SLURM job (array task, restart) this attempt runs in, for the record; None outside SLURM."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    keys = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
+            "restart_count": "SLURM_RESTART_COUNT", "node": "SLURMD_NODENAME", "ntasks": "SLURM_NTASKS"}
+    return {k: env[v] for k, v in keys.items() if v in env}
 
 
 def _cost(counters: dict, num_devices: int) -> dict:
@@ -201,6 +218,11 @@ def _flat_summary(fields: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
 def _app(cfg: DictConfig) -> None:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        # Raise, do not exit: Hydra records the cell as failed (its record says why) and goes on with
+        # the other cells, then fails the sweep at the end.
+        run(cfg)
+        return
     try:
         run(cfg)
     except UserError as exc:
