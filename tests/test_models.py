@@ -408,15 +408,17 @@ def test_registry_has_the_expected_entries():
     assert {f"mixer/{s}" for s in ("s32", "s16", "b32", "b16", "l32", "l16", "h14", "tiny")} <= names
     assert {f"vit/{w}{p}" for w in ("ti", "s", "b", "l", "h") for p in (32, 16, 14)} | {"vit/tiny"} <= names
     assert {f"bit/{s}" for s in ("r50x1", "r50x2", "r50x3", "r101x1", "r101x3", "r152x1", "r152x2", "r152x4", "r200x3", "tiny")} <= names
-    assert len(names) == 8 + 16 + 10
+    assert {f"{f}/micro" for f in ("mixer", "vit", "bit")} <= names
+    assert len(names) == 9 + 17 + 11
     for name in names:
         spec = get_spec(name)
         assert spec.name == f"{spec.family}/{spec.size}"
-        assert spec.image_size == (32 if spec.size == "tiny" else 224)
+        assert spec.image_size == (32 if spec.size in ("tiny", "micro") else 224)
         assert (spec.patch is None) == (spec.family == "bit")
 
 
-@pytest.mark.parametrize("name, lo, hi", [("mixer/tiny", 0.5e6, 1.5e6), ("vit/tiny", 0.5e6, 1.5e6), ("bit/tiny", 0.4e6, 1.5e6)])
+@pytest.mark.parametrize("name, lo, hi", [("mixer/tiny", 0.5e6, 1.5e6), ("vit/tiny", 0.5e6, 1.5e6), ("bit/tiny", 0.4e6, 1.5e6),
+                                         ("mixer/micro", 0.1e6, 0.4e6), ("vit/micro", 0.1e6, 0.4e6), ("bit/micro", 0.1e6, 0.4e6)])
 def test_tiny_models_are_cpu_sized(name, lo, hi):
     stats = model_stats(name, num_classes=10)
     assert lo <= stats["params"] <= hi

@@ -9,8 +9,8 @@ Names are ``<family>/<size>`` and equal the Hydra option of the ``model`` config
 * ``bit/{r50x1,r50x2,r50x3,r101x1,r101x3,r152x1,r152x2,r152x4,r200x3}``: timm's ``ResNetV2`` as
   timm's ``resnetv2_*_bit`` builds it (pre-activation, GroupNorm(32), weight-standardised convs
   with eps 1e-8, BiT's "fixed" padded max-pool stem).
-* ``<family>/tiny``: a ~1M-parameter member of each family for 32×32 images (CIFAR) that trains
-  on a couple of CPU cores.
+* ``<family>/{tiny,micro}``: ~1M- and ~0.2M-parameter members of each family for 32×32 images
+  (CIFAR) that train on a couple of CPU cores.
 
 ``build_model`` validates its config and raises :class:`ConfigError` (one line) on bad input.
 ``prelogits`` returns the frozen features few-shot evaluation uses, for every family.
@@ -42,7 +42,7 @@ class ModelSpec:
 
     ``kwargs`` are the architecture arguments of the family's builder (without ``num_classes``,
     image size and regularisation, which :func:`build_model` adds). ``patch`` is ``None`` for
-    BiT; ``image_size`` is the default resolution (224 for paper sizes, 32 for ``tiny``).
+    BiT; ``image_size`` is the default resolution (224 for paper sizes, 32 for the CPU sizes).
     ``timm_name`` names timm's registered model with the same architecture where one exists.
     """
 
@@ -97,12 +97,23 @@ _BIT_LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3
 _BIT_SIZES = ("r50x1", "r50x2", "r50x3", "r101x1", "r101x3", "r152x1", "r152x2", "r152x4", "r200x3")
 _BIT_TIMM = {s: f"resnetv2_{s[1:]}_bit" for s in ("r50x1", "r50x3", "r101x1", "r101x3", "r152x2", "r152x4")}
 
-# The CPU-sized members, for 32×32 inputs.
-TINY_MIXER = dict(patch_size=4, num_blocks=4, embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512)
-TINY_VIT = dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0)
-# Three stages keep BiT's GroupNorm(32) (bottleneck widths 32/64/128); four stages of this size
-# would need mid widths of 16.
-TINY_BIT = dict(layers=(1, 1, 1), channels=(128, 256, 512), stem_chs=32, width_factor=1)
+# The CPU-sized members, for 32×32 inputs: ``tiny`` (~0.6M parameters) and ``micro`` (about a
+# quarter of tiny's compute), so a laptop-sized sweep still has two sizes per family.
+CPU_SIZES = ("micro", "tiny")
+CPU_MIXER = {
+    "tiny": dict(patch_size=4, num_blocks=4, embed_dim=128, tokens_mlp_dim=64, channels_mlp_dim=512),
+    "micro": dict(patch_size=4, num_blocks=4, embed_dim=64, tokens_mlp_dim=32, channels_mlp_dim=256),
+}
+CPU_VIT = {
+    "tiny": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0),
+    "micro": dict(patch_size=4, embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0),
+}
+# BiT's GroupNorm(32) needs bottleneck widths (channels / 4) of at least 32: tiny has three stages of
+# one block; micro drops the last (widest) stage rather than going below that width.
+CPU_BIT = {
+    "tiny": dict(layers=(1, 1, 1), channels=(128, 256, 512), stem_chs=32, width_factor=1),
+    "micro": dict(layers=(1, 1), channels=(128, 256), stem_chs=32, width_factor=1),
+}
 
 
 def _make_table() -> dict[str, ModelSpec]:
@@ -124,17 +135,19 @@ def _make_table() -> dict[str, ModelSpec]:
                 description=f"MLP-Mixer {size[0].upper()}/{patch} (paper Table 1): {depth} layers, C={c}, D_S={ds}, D_C={dc}",
             )
         )
-    specs.append(
-        ModelSpec(
-            name="mixer/tiny",
-            family="mixer",
-            size="tiny",
-            patch=TINY_MIXER["patch_size"],
-            image_size=32,
-            kwargs=dict(TINY_MIXER),
-            description="MLP-Mixer tiny for 32x32 images (CPU-sized): patch 4, 4 layers, C=128, D_S=64, D_C=512",
+    for size, kw in CPU_MIXER.items():
+        specs.append(
+            ModelSpec(
+                name=f"mixer/{size}",
+                family="mixer",
+                size=size,
+                patch=kw["patch_size"],
+                image_size=32,
+                kwargs=dict(kw),
+                description=f"MLP-Mixer {size} for 32x32 images (CPU-sized): patch 4, {kw['num_blocks']} layers, "
+                f"C={kw['embed_dim']}, D_S={kw['tokens_mlp_dim']}, D_C={kw['channels_mlp_dim']}",
+            )
         )
-    )
     for width in ("ti", "s", "b", "l", "h"):
         dim, depth, heads = _VIT_DIMS[width]
         for patch in (32, 16, 14):
@@ -151,17 +164,19 @@ def _make_table() -> dict[str, ModelSpec]:
                     description=f"ViT-{_VIT_TIMM_WIDTH[width].capitalize()}/{patch}: {depth} layers, width {dim}, {heads} heads, mlp 4x",
                 )
             )
-    specs.append(
-        ModelSpec(
-            name="vit/tiny",
-            family="vit",
-            size="tiny",
-            patch=TINY_VIT["patch_size"],
-            image_size=32,
-            kwargs=dict(TINY_VIT),
-            description="ViT tiny for 32x32 images (CPU-sized): patch 4, 4 layers, width 128, 4 heads, mlp 4x",
+    for size, kw in CPU_VIT.items():
+        specs.append(
+            ModelSpec(
+                name=f"vit/{size}",
+                family="vit",
+                size=size,
+                patch=kw["patch_size"],
+                image_size=32,
+                kwargs=dict(kw),
+                description=f"ViT {size} for 32x32 images (CPU-sized): patch 4, {kw['depth']} layers, "
+                f"width {kw['embed_dim']}, {kw['num_heads']} heads, mlp 4x",
+            )
         )
-    )
     for size in _BIT_SIZES:
         depth_str, wf = size[1:].split("x")
         layers = _BIT_LAYERS[int(depth_str)]
@@ -177,17 +192,19 @@ def _make_table() -> dict[str, ModelSpec]:
                 description=f"BiT-R{depth_str}x{wf} (ResNetV2, GroupNorm + weight standardisation), blocks {layers}",
             )
         )
-    specs.append(
-        ModelSpec(
-            name="bit/tiny",
-            family="bit",
-            size="tiny",
-            patch=None,
-            image_size=32,
-            kwargs=dict(TINY_BIT),
-            description="BiT tiny for 32x32 images (CPU-sized): 3 stages of 1 block, widths (128,256,512), 3x3 stride-2 stem",
+    for size, kw in CPU_BIT.items():
+        specs.append(
+            ModelSpec(
+                name=f"bit/{size}",
+                family="bit",
+                size=size,
+                patch=None,
+                image_size=32,
+                kwargs=dict(kw),
+                description=f"BiT {size} for 32x32 images (CPU-sized): {len(kw['layers'])} stages of 1 block, "
+                f"widths {tuple(kw['channels'])}, 3x3 stride-2 stem",
+            )
         )
-    )
     return {s.name: s for s in specs}
 
 
@@ -251,7 +268,7 @@ def _build_bit(spec: ModelSpec, num_classes: int, image_size: int, *, drop_rate:
         drop_path_rate=drop_path_rate,
         **kwargs,
     )
-    if spec.size == "tiny":
+    if spec.size in CPU_SIZES:
         # BiT's 7x7/2 conv + 3x3/2 max-pool would shrink a 32x32 image to 8x8 before the first
         # stage; use a single 3x3 stride-2 weight-standardised conv instead (pre-activation
         # network: the stem has no norm, the first block's norm follows). Stride 2 rather than 1
@@ -296,7 +313,7 @@ def check_image_size(spec: ModelSpec, image_size: Any) -> int:
             f"data.image_size={image_size} is not divisible by the patch size {spec.patch} of model {spec.name}; "
             f"allowed: multiples of {spec.patch} (default {spec.image_size})"
         )
-    min_size = 8 if spec.size == "tiny" else 32  # total stride of the network
+    min_size = 8 if spec.size in CPU_SIZES else 32  # total stride of the network
     if spec.family == "bit" and image_size < min_size:
         raise ConfigError(f"data.image_size={image_size} is too small for model {spec.name}; allowed: >= {min_size}")
     return image_size
