@@ -3,6 +3,7 @@
     mixer-scaling models [--json] [--num-classes N]   the model registry with params and GFLOPs
     mixer-scaling demo [overrides...]                 tiny Mixer, ViT and BiT on the embedded data, compared
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
+    mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
 
@@ -104,7 +105,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_train)
     from .analysis.cli import register as register_analysis
+    from .sweep_cli import register as register_sweep
 
+    register_sweep(sub)
     register_analysis(sub)
     return p
 

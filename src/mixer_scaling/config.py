@@ -17,13 +17,15 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.override_parser.types import ValueType
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, UserError, one_line
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = "config"
-GROUPS = ("model", "data", "train", "fewshot", "wandb")
+GROUPS = ("model", "data", "train", "fewshot", "wandb", "sweep", "resources")
+OPTIONAL_GROUPS = ("resources",)  # may be null
 
 
 def group_options(group: str) -> list[str]:
@@ -32,23 +34,38 @@ def group_options(group: str) -> list[str]:
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The run config for ``overrides`` (no Hydra app, nothing written). Raises ConfigError."""
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bool = True) -> DictConfig:
+    """The run config for ``overrides`` (no Hydra app, nothing written). Raises ConfigError.
+
+    ``with_hydra`` keeps ``hydra.*`` overrides and returns the ``hydra`` node too (its launcher and
+    sweeper settings; left unresolved, since parts of it only resolve inside a running app).
+    ``resolve=False`` skips resolving the rest (a sweep's base config may only resolve per cell).
+    """
+    if not with_hydra:
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     for o in overrides:
         _check_group_choice(o)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=PRIMARY, overrides=list(overrides))
+            cfg = hydra_compose(config_name=PRIMARY, overrides=list(overrides), return_hydra_config=with_hydra)
     except UserError:
         raise
     except Exception as exc:
         raise ConfigError(_explain(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+    if not resolve:
+        return cfg
     try:
-        OmegaConf.resolve(cfg)
+        for key in list(cfg.keys()):
+            if key == "hydra":
+                continue
+            node = cfg._get_node(key)
+            if isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.resolve(node)
+            else:
+                cfg[key] = cfg[key]  # a top-level scalar: reading it resolves it
     except Exception as exc:
         raise ConfigError(f"cannot resolve the config: {one_line(exc)}") from None
     return cfg
@@ -60,6 +77,10 @@ def _check_group_choice(override: str) -> None:
     if not sep or key not in GROUPS:
         return
     options = group_options(key)
+    if key in OPTIONAL_GROUPS and value == "null":
+        return
+    if re.fullmatch(r"\w+\(.*\)", value):  # glob(...), choice(...), range(...): checked once expanded
+        return
     for choice in value.split(","):
         if choice not in options:
             raise ConfigError(f"{key}={choice!r} is not a known {key} config; choose one of: {', '.join(options)}")
@@ -75,27 +96,56 @@ def _explain(exc: Exception) -> str:
             known = sorted(OmegaConf.select(compose(), parent).keys()) if parent else []
         except Exception:
             known = []
+        if parent == "hydra.launcher":  # the launcher's schema: the plugin's dataclass, no new keys
+            from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+            known = sorted(k for k in OmegaConf.structured(SlurmQueueConf).keys() if not k.startswith("_"))
+            return f"unknown launcher key '{key}'; keys of the submitit launchers: {', '.join(known)}"
         allowed = f"; keys under {parent}: {', '.join(map(str, known))}" if known else ""
         return f"unknown config key '{key}'{allowed} (prefix with + to add a new key)"
     return one_line(exc)
 
 
 def expand(overrides: Sequence[str]) -> list[list[str]]:
-    """Hydra's basic sweep expansion: ``a=1,2 b=x`` → [[a=1, b=x], [a=2, b=x]]."""
+    """Hydra's basic sweep expansion: ``a=1,2 b=x`` → [[a=1, b=x], [a=2, b=x]].
+
+    As Hydra's BasicSweeper: a key given twice keeps its first position and its last value (so the
+    command line replaces a sweep config's axis), and ``choice``/``range``/``glob`` sweeps expand
+    (``glob`` over the options of a config group). An axis with no values is an error, not an empty grid.
+    """
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:
         raise ConfigError(f"invalid override: {one_line(exc)}") from None
-    axes = []
+    axes: dict[str, list[str]] = {}
     for o in parsed:
         key = o.get_key_element()
         if o.is_sweep_override():
-            if not o.is_discrete_sweep():
-                raise ConfigError(f"{key}: only comma-separated sweeps are supported, got {o.input_line!r}")
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            if o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+                values = o.value().filter(group_options(key.lstrip("+~")))
+            elif o.is_discrete_sweep():
+                values = list(o.sweep_string_iterator())
+            else:
+                raise ConfigError(f"{key}: only comma-separated, choice, range and glob sweeps are supported, "
+                                  f"got {o.input_line!r}")
+            if not values:
+                raise ConfigError(f"{o.input_line!r} gives no values: the grid would be empty")
+            axes[key] = [f"{key}={v}" for v in values]
         else:
-            axes.append([f"{key}={o.get_value_element_as_str()}"])
-    return [list(cell) for cell in itertools.product(*axes)]
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(cell) for cell in itertools.product(*axes.values())]
+
+
+def grid(overrides: Sequence[str]) -> list[list[str]]:
+    """The cells of a multirun: the sweep config's ``hydra.sweeper.params`` (``+sweep=<name>``), then
+    the command line's sweeps and values, expanded the way Hydra's basic sweeper does."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:
+        raise ConfigError(f"invalid override: {one_line(exc)}") from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = compose(fixed, with_hydra=True, resolve=False).hydra.sweeper.get("params") or {}
+    return expand([*(f"{k}={v}" for k, v in params.items()), *overrides])
 
 
 def validate(cfg: DictConfig) -> None:
@@ -105,6 +155,9 @@ def validate(cfg: DictConfig) -> None:
     from .models import check_model_cfg
     from .tracking import resolve_mode
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required and has no value; set it on the command line ({missing[0]}=...)")
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
@@ -120,7 +173,27 @@ def check_overrides(argv: Iterable[str]) -> int:
     """Compose and validate every cell an app's command line would run. Returns the number of cells."""
     args = list(argv)
     overrides = [a for a in args if not a.startswith("-")]
-    cells = expand(overrides) if any(a in ("-m", "--multirun") for a in args) else [overrides]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if multirun:
+        check_launcher(overrides)
+    cells = grid(overrides) if multirun else [overrides]
     for cell in cells:
         validate(compose(cell))
     return len(cells)
+
+
+def check_launcher(overrides: Sequence[str]) -> DictConfig:
+    """Compose the ``hydra`` node of a multirun (launcher keys checked against the launcher's schema).
+
+    A resources preset fills ``hydra.launcher``, so it needs a submitit launcher to land in.
+    """
+    fixed = [o for o in overrides if "," not in o.partition("=")[2] and "(" not in o.partition("=")[2]]
+    resources = [o.partition("=")[2] for o in fixed if o.lstrip("+").startswith("resources=")]
+    launcher = [o.partition("=")[2] for o in fixed if o.startswith("hydra/launcher=")]
+    if resources and resources[-1] != "null" and not (launcher and launcher[-1] in SUBMITIT_LAUNCHERS):
+        raise ConfigError(f"resources={resources[-1]} sets a submitit launcher's resources; add hydra/launcher=slurm "
+                          f"(or local): allowed launchers with resources: {', '.join(SUBMITIT_LAUNCHERS)}")
+    return compose(fixed, with_hydra=True, resolve=False).hydra
+
+
+SUBMITIT_LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local")

@@ -51,6 +51,7 @@ IDENTITY_IGNORE = (
     "train.log_every",
     "train.checkpoint_every",
     "hydra",
+    "recipe",  # a sweep's per-model lookup table; what it sets is in train.* already
 )
 
 

@@ -1,0 +1,404 @@
+"""Dispatching a sweep's cells as submitit jobs: ``mixer-scaling sweep launch``.
+
+* ``slurm``: every cell that is not done (and not already queued) is submitted as a job array —
+  one array per resources preset, chunked under the cluster's ``MaxArraySize``, ``array_parallelism``
+  passed to sbatch — and the command returns with the job ids. Nothing has to stay alive on the
+  login node: a job's record is its run directory.
+* ``local``: the same jobs as processes on this machine, a few at a time; waits for them.
+* ``debug``: in this process, one after the other (pdb works); waits.
+
+Resources come from the presets in ``conf/resources/`` (the same files Hydra's launcher reads): each
+cell gets the smallest preset whose model fits (:data:`PRESET_GFLOPS`) unless ``resources=<preset>``
+is given. Launcher keys are hydra-submitit-launcher's (``hydra.launcher.partition=...``), checked
+against its schema before anything is submitted.
+
+Inside a job, :class:`CellJob` runs the cell (resuming from its checkpoint) and is checkpointable:
+on SLURM's pre-timeout or preemption signal the run saves a checkpoint, then hands the signal to
+submitit, which resubmits the same call and requeues the job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import submitit
+from omegaconf import OmegaConf, open_dict
+
+from .config import compose
+from .errors import ConfigError, UserError, one_line
+from .records import FAILED, atomic_write_json, read_record, run_id_of
+from .sweep import DONE, TO_SUBMIT, Cell, CellState, Sweep, cell_states
+
+EXECUTORS = ("slurm", "local", "debug")
+# Smallest preset whose bound (forward GFLOPs per image at the run's resolution) covers the model.
+PRESET_GFLOPS = (("cpu", 0.5), ("gpu1", 10.0), ("gpu4", 40.0), ("gpu8", 150.0), ("gpu16", math.inf))
+# hydra-submitit-launcher's keys shared by every executor (the rest are slurm_<key>).
+BASE_KEYS = ("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "stderr_to_stdout")
+# Assumed device speed for the cost estimate: A100 bf16 dense peak; CPU cells use this machine's.
+GPU_PEAK_TFLOPS = 312.0
+DEFAULT_MFU = 0.4
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """One cell inside a submitit job. ``checkpoint`` (inherited) resubmits the same call on requeue;
+    the run itself resumes from its run directory."""
+
+    def __call__(self, config: dict) -> dict:
+        from .train import run
+
+        cfg = OmegaConf.create(config)
+        if not sys.stdout.isatty():
+            cfg.progress = False  # a progress bar in a log file is noise; the metrics lines remain
+        try:
+            record = run(cfg)
+        except Exception as exc:
+            record_failure(cfg, exc)
+            raise
+        return {"run_id": run_id_of(cfg), "status": (record or {}).get("status")}
+
+
+def record_failure(cfg, exc: BaseException) -> None:
+    """A job that failed before its run wrote a record (e.g. unreadable data) still leaves one."""
+    run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
+    previous = read_record(run_dir) if (run_dir / "result.json").exists() else None
+    if previous and previous.get("status") == FAILED:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "result.json", {
+        **(previous or {}), "run_id": run_id_of(cfg), "status": FAILED, "model": cfg.model.name,
+        "family": cfg.model.family, "fraction": float(cfg.data.fraction), "seed": int(cfg.seed), "study": cfg.study,
+        "error": {"type": type(exc).__name__, "message": one_line(exc), "traceback": traceback.format_exc()},
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources and executors
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def cell_gflops(model: str, image_size: int, num_classes: int) -> float:
+    from .models import forward_flops
+
+    return forward_flops(model, image_size, num_classes=num_classes) / 1e9
+
+
+def _num_classes(cell: Cell) -> int:
+    n = cell.cfg.data.get("num_classes")
+    return int(n) if isinstance(n, int) else 1000  # an image folder's class count is only known from disk
+
+
+def preset_for(cell: Cell, forced: str | None) -> str:
+    if forced:
+        return forced
+    gflops = cell_gflops(cell.cfg.model.name, int(cell.cfg.data.image_size), _num_classes(cell))
+    return next(name for name, bound in PRESET_GFLOPS if gflops <= bound)
+
+
+def forced_preset(launcher_overrides: Sequence[str]) -> str | None:
+    chosen = [o.partition("=")[2] for o in launcher_overrides if o.lstrip("+").startswith("resources=")]
+    return chosen[-1] if chosen and chosen[-1] != "null" else None
+
+
+def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str]) -> dict:
+    """The launcher config for one preset: hydra-submitit-launcher's schema, our defaults, the preset,
+    then the user's ``hydra.launcher.*`` overrides (an unknown key is a ConfigError)."""
+    if any(o.startswith("hydra/launcher=") for o in launcher_overrides):
+        raise ConfigError("hydra/launcher is chosen by --executor in sweep launch (slurm, local or debug)")
+    keys = [o for o in launcher_overrides if not o.lstrip("+").startswith("resources=")]
+    launcher = "slurm" if executor == "slurm" else "local"
+    cfg = compose([f"hydra/launcher={launcher}", f"resources={preset}", *keys], with_hydra=True, resolve=False)
+    node = cfg.hydra.launcher
+    with open_dict(node):
+        for key in ("_target_", "submitit_folder", "name"):
+            node.pop(key, None)
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception as exc:
+        raise ConfigError(f"cannot resolve the launcher config: {one_line(exc)}") from None
+
+
+def make_executor(executor: str, params: dict, folder: Path, name: str) -> submitit.AutoExecutor:
+    params = dict(params)
+    init = {"slurm_max_num_timeout": params.pop("max_num_timeout")} if executor == "slurm" else {}
+    ex = submitit.AutoExecutor(folder=folder, cluster=executor, **init)
+    update = {"name": name}
+    for key, value in params.items():
+        if value is None or (key == "additional_parameters" and not value):
+            continue
+        update[key if key in BASE_KEYS else f"{executor}_{key}"] = value
+    if executor == "local":
+        # One BLAS thread per requested core, so parallel cells do not fight over the machine.
+        update["local_setup"] = [f"export OMP_NUM_THREADS={params.get('cpus_per_task') or 1}"]
+        update = {k: v for k, v in update.items() if k in ("name", "timeout_min", "tasks_per_node", "gpus_per_node",
+                                                           "stderr_to_stdout", "local_setup")}
+    elif executor == "debug":
+        update = {"name": name, "timeout_min": update.get("timeout_min", 60)}
+    try:
+        ex.update_parameters(**update)
+    except Exception as exc:
+        raise ConfigError(f"the {executor} executor refused the launcher config: {one_line(exc)}") from None
+    return ex
+
+
+def sbatch_script(ex: submitit.AutoExecutor, array_size: int) -> str:
+    """The sbatch file submitit would write for an array of ``array_size`` cells (nothing is written)."""
+    inner = ex._executor  # the SlurmExecutor behind the AutoExecutor
+    saved = dict(inner.parameters)
+    if array_size > 1:
+        inner.parameters["map_count"] = array_size
+    try:
+        return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")
+    finally:
+        inner.parameters = saved
+
+
+def slurm_max_array_size() -> int:
+    """The cluster's MaxArraySize (array indices must stay below it)."""
+    out = _run_slurm(["scontrol", "show", "config"])
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return int(value.strip())
+    return 1001  # SLURM's default
+
+
+def check_partition(partition: str | None) -> None:
+    if not partition:
+        return
+    proc = subprocess.run(["scontrol", "show", "partition", partition], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        known = _run_slurm(["sinfo", "-h", "-o", "%R"]).split()
+        raise ConfigError(f"hydra.launcher.partition={partition!r} does not exist on this cluster; "
+                          f"partitions: {', '.join(sorted(set(known))) or '(none)'}")
+
+
+def _run_slurm(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: --executor slurm needs a SLURM cluster (use --executor local "
+                        "to run on this machine)") from None
+    if proc.returncode != 0:
+        raise UserError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cost:
+    flops: float          # total training FLOPs of the cells (3 x forward x examples seen)
+    device_hours: float   # at the assumed throughput
+    unit: str             # "GPU" or "CPU core"
+    basis: str            # what was assumed
+
+
+@lru_cache(maxsize=1)
+def cpu_core_gflops() -> float:
+    """This machine's fp32 matmul speed on one core (GFLOP/s), measured in ~0.2 s."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(384, 384)
+        a @ a
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 0.2:
+            a @ a
+            n += 1
+        return 2 * 384 ** 3 * n / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(threads)
+
+
+def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = DEFAULT_MFU,
+                  gpu_tflops: float = GPU_PEAK_TFLOPS) -> list[Cost]:
+    """GPU-hours (and CPU core-hours for CPU-preset cells) from FLOPs x examples seen."""
+    by_unit: dict[str, float] = {}
+    for cell in cells:
+        fwd = cell_gflops(cell.cfg.model.name, int(cell.cfg.data.image_size), _num_classes(cell)) * 1e9
+        unit = "CPU core" if presets[cell.run_id] == "cpu" else "GPU"
+        by_unit[unit] = by_unit.get(unit, 0.0) + 3 * fwd * int(cell.cfg.train.examples_seen)
+    costs = []
+    for unit, flops in by_unit.items():
+        peak = cpu_core_gflops() * 1e9 if unit == "CPU core" else gpu_tflops * 1e12
+        basis = (f"{mfu:.0%} of {peak / 1e9:.0f} GFLOP/s per core (measured here)" if unit == "CPU core"
+                 else f"{mfu:.0%} of {gpu_tflops:g} TFLOP/s per GPU (A100 bf16 peak; --gpu-tflops, --mfu)")
+        costs.append(Cost(flops, flops / (peak * mfu) / 3600, unit, basis))
+    return costs
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a launch would submit: cells to run, grouped by preset, with their launcher params."""
+
+    sweep: Sweep
+    executor: str
+    states: list[CellState]
+    todo: list[Cell]
+    presets: dict[str, str]                    # run_id → preset
+    params: dict[str, dict]                    # preset → launcher params
+    chunk_size: int
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.states:
+            if s.state not in TO_SUBMIT:
+                out[s.state] = out.get(s.state, 0) + 1
+        return out
+
+    def groups(self) -> list[tuple[str, list[Cell]]]:
+        """(preset, cells) chunks, each one array job."""
+        out = []
+        for preset in dict.fromkeys(self.presets[c.run_id] for c in self.todo):
+            cells = [c for c in self.todo if self.presets[c.run_id] == preset]
+            for i in range(0, len(cells), self.chunk_size):
+                out.append((preset, cells[i:i + self.chunk_size]))
+        return out
+
+    def log_folder(self, runs_dir: Path) -> Path:
+        return Path(runs_dir) / ".sweeps" / "logs" / self.sweep.name / "%j"
+
+
+def plan(sweep: Sweep, executor: str, max_array_size: int | None = None) -> Plan:
+    """Decide what to submit; checks launcher keys, presets and (for slurm) the partition and array limit."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor={executor!r} is not allowed; choose one of: {', '.join(EXECUTORS)}")
+    forced = forced_preset(sweep.launcher_overrides)
+    states = cell_states(sweep, ask_queue=executor == "slurm")
+    # Without a queue to ask, a `running` record is a launch that died with us: run (resume) it again.
+    todo = [s.cell for s in states if s.state in TO_SUBMIT or (executor != "slurm" and s.state == "running"
+                                                                 and not s.detail)]
+    presets = {c.run_id: preset_for(c, forced) for c in sweep.cells}
+    params = {p: launcher_params(executor, p, sweep.launcher_overrides) for p in dict.fromkeys(presets.values())}
+    chunk = max(1, len(todo))
+    if executor == "slurm":
+        for p in params.values():
+            check_partition(p.get("partition"))
+        chunk = slurm_max_array_size()
+    if max_array_size is not None:
+        if max_array_size < 1:
+            raise ConfigError(f"--max-array-size={max_array_size} is not allowed; expected an integer >= 1")
+        chunk = min(chunk, max_array_size)
+    return Plan(sweep, executor, states, todo, presets, params, chunk)
+
+
+def submit(p: Plan) -> list[tuple[Cell, str]]:
+    """Submit every chunk as one array job; returns (cell, job id) pairs, remembered in the manifest."""
+    submitted = []
+    for preset, cells in p.groups():
+        runs_dir = Path(cells[0].cfg.runs_dir)
+        folder = p.log_folder(runs_dir)
+        ex = make_executor(p.executor, p.params[preset], folder, f"{p.sweep.name}")
+        try:
+            jobs = ex.map_array(CellJob(), [OmegaConf.to_container(c.cfg, resolve=True) for c in cells])
+        except Exception as exc:
+            done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
+            raise UserError(f"sbatch refused the {preset} array of {len(cells)} cells: {_sbatch_error(exc)}{done}") \
+                from None
+        p.sweep.remember(cells, [j.job_id for j in jobs], p.executor, folder)
+        submitted.extend(zip(cells, [j.job_id for j in jobs]))
+    return submitted
+
+
+def _sbatch_error(exc: Exception) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        if "error:" in line:
+            return line.strip()
+    return one_line(exc)
+
+
+def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
+    """local / debug: run the cells on this machine, ``parallel`` at a time (debug: one, in-process).
+    A failing cell is recorded and the others go on. Returns (cell, final status)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    results: list[tuple[Cell, str]] = []
+    queue = list(p.todo)
+    running: list[tuple[Cell, object, float]] = []
+    executors = {}
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[now]}")) as bar:
+        task = bar.add_task(f"{p.sweep.name} ({p.executor})", total=len(queue), now="")
+        while queue or running:
+            while queue and len(running) < (1 if p.executor == "debug" else parallel):
+                cell = queue.pop(0)
+                preset = p.presets[cell.run_id]
+                if preset not in executors:
+                    executors[preset] = make_executor(p.executor, p.params[preset], p.log_folder(cell.cfg.runs_dir),
+                                                      p.sweep.name)
+                job = executors[preset].submit(CellJob(), OmegaConf.to_container(cell.cfg, resolve=True))
+                p.sweep.remember([cell], [job.job_id], p.executor, p.log_folder(cell.cfg.runs_dir))
+                running.append((cell, job, time.perf_counter()))
+                bar.update(task, now=", ".join(c.label for c, _, _ in running))
+                if p.executor == "debug":
+                    try:
+                        job.result()  # the debug executor runs the cell now, in this process
+                    except Exception:
+                        pass  # recorded in the cell's result.json; the other cells go on
+            finished = [r for r in running if r[1].done()]
+            for cell, job, t0 in finished:
+                running.remove((cell, job, t0))
+                status = (cell.record() or {}).get("status", FAILED)
+                results.append((cell, status))
+                bar.advance(task)
+                if on_done:
+                    on_done(cell, status, time.perf_counter() - t0, bar.console)
+            if not finished:
+                time.sleep(0.5)
+            bar.update(task, now=", ".join(c.label for c, _, _ in running))
+    return results
+
+
+def wait(sweep: Sweep, poll_s: float = 5.0, timeout_s: float | None = None) -> list[CellState]:
+    """Block until no cell of the sweep is pending or running in the SLURM queue (``--wait``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.monotonic()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[counts]}")) as bar:
+        task = bar.add_task(f"waiting for {sweep.name}", total=len(sweep.cells), counts="")
+        while True:
+            states = cell_states(sweep)
+            counts: dict[str, int] = {}
+            for s in states:
+                counts[s.state] = counts.get(s.state, 0) + 1
+            bar.update(task, completed=counts.get(DONE, 0), counts=" ".join(f"{k} {v}" for k, v in counts.items()))
+            if not any(s.state in ("pending", "running") for s in states):
+                return states
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"sweep {sweep.name} still has queued cells after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+
+def default_parallel(p: Plan) -> int:
+    """Local cells at once: the machine's cores over the cores each cell asks for."""
+    per_cell = max((int(params.get("cpus_per_task") or 1) for params in p.params.values()), default=1)
+    return max(1, (os.cpu_count() or 1) // per_cell)

@@ -1,0 +1,261 @@
+"""A sweep: the grid of run configs a ``sweeps/<name>.yaml`` enumerates, and where each cell stands.
+
+A sweep config is an ordinary Hydra config (``+sweep=<name>``) whose ``hydra.sweeper.params`` lists
+the axes; :func:`load` expands it exactly as Hydra's multirun would (plus any command-line axes),
+composes and validates every cell before anything is dispatched, and keys each cell by its run id —
+so the state of a cell is simply what its run directory says, whoever ran it (``sweep launch``,
+Hydra's multirun or a plain ``train``).
+
+Launches are remembered in ``<runs_dir>/.sweeps/<name>.jsonl`` (one line per submitted cell: run id,
+job id, executor), which is how ``sweep status`` and a relaunch tell a queued cell from a lost one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import compose, grid, group_options, validate
+from .errors import ConfigError
+from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, read_record, run_id_of
+
+SWEEP_GROUP = "sweep"
+MANIFEST_DIR = ".sweeps"
+
+# Cell states, from the run directory and (where there is one) the SLURM queue.
+NEW, PENDING, STALE, LOST = "new", "pending", "stale", "lost"
+CELL_STATES = (NEW, PENDING, RUNNING, INTERRUPTED, STALE, LOST, FAILED, DONE)
+# What a (re)launch submits again: everything but finished cells and cells still in the queue.
+TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED)
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(run overrides, launcher overrides): ``hydra/launcher=``, ``hydra.launcher.*`` and ``resources=``
+    choose how cells are dispatched, never what they compute."""
+    run, launcher = [], []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        if key.startswith("hydra"):
+            if not (key == "hydra/launcher" or key.startswith("hydra.launcher.")):
+                raise ConfigError(f"{o!r}: sweep launch takes hydra/launcher and hydra.launcher.* overrides only; "
+                                  "other hydra.* keys belong to Hydra's own multirun (python -m mixer_scaling.train -m)")
+            launcher.append(o)
+        elif key == "resources":
+            launcher.append(o)
+        else:
+            run.append(o)
+    return run, launcher
+
+
+@dataclass
+class Cell:
+    """One run of a sweep: its overrides, its composed (validated) config and its identity."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    run_id: str
+    axes: dict = field(default_factory=dict)  # the swept keys → this cell's value
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.runs_dir) / self.run_id
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.axes.items()) or self.run_id
+
+    def record(self) -> dict | None:
+        try:
+            return read_record(self.run_dir)
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+@dataclass
+class Sweep:
+    name: str
+    cells: list[Cell]
+    launcher_overrides: list[str]
+
+    @property
+    def runs_dirs(self) -> list[Path]:
+        return sorted({Path(c.cfg.runs_dir) for c in self.cells})
+
+    def manifest_path(self, runs_dir: Path) -> Path:
+        return Path(runs_dir) / MANIFEST_DIR / f"{self.name}.jsonl"
+
+    def submissions(self) -> dict[str, dict]:
+        """run_id → its latest submission (job id, executor, time) from the launch manifests."""
+        latest: dict[str, dict] = {}
+        for runs_dir in self.runs_dirs:
+            path = self.manifest_path(runs_dir)
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                latest[entry["run_id"]] = entry
+        return latest
+
+    def remember(self, cells: Iterable[Cell], job_ids: Iterable[str], executor: str, log_folder: Path) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        by_dir: dict[Path, list[str]] = {}
+        for cell, job_id in zip(cells, job_ids):
+            entry = {"run_id": cell.run_id, "job_id": str(job_id), "executor": executor, "submitted_at": now,
+                     "label": cell.label, "log_folder": str(log_folder)}
+            by_dir.setdefault(Path(cell.cfg.runs_dir), []).append(json.dumps(entry, sort_keys=True))
+        for runs_dir, lines in by_dir.items():
+            path = self.manifest_path(runs_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:  # one short line per cell: appends are atomic enough
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+
+
+def known_sweeps() -> list[str]:
+    return group_options(SWEEP_GROUP)
+
+
+def load(name: str, overrides: Sequence[str] = (), progress: bool = True) -> Sweep:
+    """Expand, compose and validate every cell of sweep ``name`` (ConfigError on any bad cell)."""
+    if name not in known_sweeps():
+        raise ConfigError(f"sweep {name!r} is not a known sweep; choose one of: {', '.join(known_sweeps())} "
+                          f"(sweeps/<name>.yaml)")
+    run_overrides, launcher_overrides = split_overrides(overrides)
+    base = [f"+{SWEEP_GROUP}={name}"]
+    cells_overrides = grid([*base, *run_overrides])
+    swept = _swept_keys(cells_overrides)
+    cells, seen = [], {}
+    for ov in _progress(cells_overrides, f"composing {len(cells_overrides)} cells of {name}", progress):
+        cfg = compose(ov)
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"cell {' '.join(o for o in ov if o not in base)}: {exc}") from None
+        run_id = run_id_of(cfg)
+        axes = {k: v for k, v in (o.split("=", 1) for o in ov) if k in swept}
+        if run_id in seen:  # e.g. an axis that does not change what is computed (progress=true,false)
+            continue
+        seen[run_id] = True
+        cells.append(Cell(list(ov), cfg, run_id, axes))
+    return Sweep(name, cells, launcher_overrides)
+
+
+def _swept_keys(cells: list[list[str]]) -> list[str]:
+    """Keys whose value differs between cells, in grid order (the columns of a status table)."""
+    values: dict[str, set] = {}
+    for ov in cells:
+        for o in ov:
+            k, _, v = o.partition("=")
+            values.setdefault(k, set()).add(v)
+    return [k for k, vs in values.items() if len(vs) > 1]
+
+
+def _progress(items: list, description: str, enabled: bool):
+    if not enabled or len(items) < 20:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, transient=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where cells stand
+# ---------------------------------------------------------------------------------------------
+
+
+def squeue_states() -> dict[str, str] | None:
+    """SLURM state (PENDING, RUNNING, ...) of this user's queued jobs, array tasks as ``123_4``; None
+    when there is no ``squeue`` to ask. Finished jobs are not in the result."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        states[job] = state
+    return states
+
+
+@dataclass
+class CellState:
+    cell: Cell
+    state: str
+    detail: str = ""
+    job_id: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    record: dict | None = None
+
+
+def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bool = True) -> list[CellState]:
+    """Each cell's state: its record first (done and failed are final), then the queue."""
+    submissions = sweep.submissions()
+    if queue is None and ask_queue and any(s.get("executor") == "slurm" for s in submissions.values()):
+        queue = squeue_states()
+    out = []
+    for cell in sweep.cells:
+        record = cell.record()
+        sub = submissions.get(cell.run_id)
+        job_id = sub["job_id"] if sub else None
+        queued = queue.get(job_id) if (queue is not None and job_id) else None
+        status = record.get("status") if record else None
+        steps = record.get("steps") if record else None
+        step = _last_step(cell.run_dir) if record else None
+        if status == DONE:
+            state, detail = DONE, ""
+        elif queued in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "SUSPENDED"):
+            state, detail = PENDING, queued.lower()
+        elif queued:
+            state, detail = RUNNING, queued.lower()
+        elif status == FAILED:
+            err = record.get("error") or {}
+            state, detail = FAILED, f"{err.get('type', 'Error')}: {err.get('message', '')}".strip()
+        elif status == INTERRUPTED:
+            state, detail = INTERRUPTED, f"checkpoint at step {record.get('interrupted_at_step', '?')}"
+        elif status == RUNNING:
+            # A running record whose job left the queue was killed without a word (OOM, node failure).
+            if queue is not None and sub and sub.get("executor") == "slurm":
+                state, detail = STALE, f"job {job_id} left the queue while running; relaunch resumes it"
+            else:
+                state, detail = RUNNING, ""
+        elif sub and queue is not None and sub.get("executor") == "slurm":
+            state, detail = LOST, f"job {job_id} ended without a record; see {sub.get('log_folder', '')}"
+        else:
+            state, detail = NEW, ""
+        out.append(CellState(cell, state, detail, job_id, step, steps, record))
+    return out
+
+
+def _last_step(run_dir: Path) -> int | None:
+    rows = MetricsLog(run_dir).read() if (run_dir / "metrics.jsonl").exists() else []
+    steps = [r["step"] for r in rows if "step" in r]
+    return max(steps) if steps else None
+
+
+def status_rows(states: list[CellState]) -> list[dict]:
+    """Plain rows of :func:`cell_states` (for ``--json`` and tests)."""
+    rows = []
+    for s in states:
+        metrics = (s.record or {}).get("metrics") or {}
+        rows.append({"run_id": s.cell.run_id, **s.cell.axes, "state": s.state, "detail": s.detail,
+                     "job_id": s.job_id, "step": s.step, "steps": s.steps, "val_top1": metrics.get("val_top1"),
+                     "run_dir": str(s.cell.run_dir)})
+    return rows
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
