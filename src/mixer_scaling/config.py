@@ -41,8 +41,8 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bo
     sweeper settings; left unresolved, since parts of it only resolve inside a running app).
     ``resolve=False`` skips resolving the rest (a sweep's base config may only resolve per cell).
     """
-    if not with_hydra:
-        overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    if not with_hydra:  # resources presets fill hydra.launcher too: neither changes the run config
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "resources="))]
     for o in overrides:
         _check_group_choice(o)
     GlobalHydra.instance().clear()

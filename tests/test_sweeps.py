@@ -1,0 +1,229 @@
+"""Every sweep in sweeps/ composes into the grid it claims; presets, cost and bad input of `sweep launch`.
+
+The dispatch itself is tested against a real SLURM cluster in tests/test_sweep_slurm.py; here the
+local and debug executors run real cells on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from mixer_scaling import cli, train
+from mixer_scaling.launch import PRESET_GFLOPS, launcher_params, preset_for
+from mixer_scaling.sweep import load, known_sweeps
+
+JFT = 300_000_000
+
+
+@pytest.fixture
+def paper_roots(tmp_path):
+    """The paper sweeps read JFT-sized and ImageNet folders; launching checks the data folder exists."""
+    (tmp_path / "jft").mkdir()
+    (tmp_path / "imagenet").mkdir()
+    return [f"data.root={tmp_path / 'jft'}", f"fewshot.root={tmp_path / 'imagenet'}"]
+
+
+def models(sweep):
+    return Counter(c.cfg.model.name for c in sweep.cells)
+
+
+def test_every_sweep_file_is_tested_here():
+    assert set(known_sweeps()) == {"demo", "smoke", "data_scaling", "pareto"}
+    assert sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")) == sorted(known_sweeps())
+
+
+def test_demo_grid():
+    sweep = load("demo", progress=False)
+    assert len(sweep.cells) == 18
+    assert set(models(sweep)) == {f"{f}/{s}" for f in ("mixer", "vit", "bit") for s in ("micro", "tiny")}
+    assert set(models(sweep).values()) == {3}
+    assert Counter(float(c.cfg.data.fraction) for c in sweep.cells) == {0.1: 6, 0.3: 6, 1.0: 6}
+    assert {c.cfg.data.name for c in sweep.cells} == {"synthetic"}
+    assert {c.cfg.study for c in sweep.cells} == {"demo"}
+    assert len({c.cfg.train.examples_seen for c in sweep.cells}) == 1  # the paper's constant-steps budget
+    assert len({c.run_id for c in sweep.cells}) == 18
+
+
+def test_smoke_grid_is_the_smallest_real_grid():
+    sweep = load("smoke", progress=False)
+    assert len(sweep.cells) == 2
+    assert set(models(sweep)) == {"mixer/micro", "bit/micro"}
+    assert all(c.cfg.train.examples_seen <= 1024 for c in sweep.cells)
+
+
+def test_data_scaling_grid_matches_the_paper(paper_roots):
+    sweep = load("data_scaling", paper_roots, progress=False)
+    assert len(sweep.cells) == 7 * 4
+    assert set(models(sweep)) == {"mixer/b32", "mixer/l32", "mixer/l16", "vit/b32", "vit/l32", "vit/l16", "bit/r152x2"}
+    fractions = sorted({float(c.cfg.data.fraction) for c in sweep.cells})
+    assert fractions == [0.03, 0.1, 0.3, 1.0]
+    assert {c.cfg.train.examples_seen for c in sweep.cells} == {7 * JFT}
+    epochs = {f: round(7 * JFT / (f * JFT)) for f in fractions}
+    assert epochs == {0.03: 233, 0.1: 70, 0.3: 23, 1.0: 7}  # the paper's 233/70/23/7 epochs
+    lrs = {c.cfg.model.name: c.cfg.train.lr for c in sweep.cells}
+    assert lrs["mixer/b32"] == 3e-3 and lrs["mixer/l16"] == 1e-3 and lrs["vit/l32"] == 1e-3
+    assert all(c.cfg.fewshot.shots == [5] and c.cfg.fewshot.datasets == ["imagefolder"] for c in sweep.cells)
+
+
+def registry_name(row) -> str:
+    """Table 3's model column as a registry name: Mixer-B/16 → mixer/b16, BiT-R50x1 → bit/r50x1."""
+    return f"{row.family}/{row.size.lower()}{'' if row.family == 'bit' else int(row.patch)}"
+
+
+def test_pareto_grid_is_table_3s_jft_block(paper_roots):
+    sweep = load("pareto", paper_roots, progress=False)
+    table = pd.read_csv(ROOT / "src/mixer_scaling/reference/paper_table3.csv")
+    jft = table[(table.pretrain == "JFT-300M") & (table.image_size == 224)]
+    paper_epochs: dict[str, set] = {}
+    for row in jft.itertuples():
+        paper_epochs.setdefault(registry_name(row), set()).add(int(row.pretrain_epochs))
+    assert set(models(sweep)) == set(paper_epochs)
+    assert len(sweep.cells) == 14
+    for c in sweep.cells:
+        assert c.cfg.train.examples_seen / JFT in paper_epochs[c.cfg.model.name], c.cfg.model.name
+    big = {"mixer/l32", "mixer/l16", "mixer/h14", "vit/l16", "vit/h14", "bit/r152x2", "bit/r200x3"}
+    assert {c.cfg.model.name for c in sweep.cells if c.cfg.train.lr == 1e-3} == big
+
+
+def test_command_line_axes_extend_and_replace_the_sweeps():
+    assert len(load("smoke", ["seed=0,1,2"], progress=False).cells) == 6
+    replaced = load("smoke", ["model=vit/micro"], progress=False)
+    assert [c.cfg.model.name for c in replaced.cells] == ["vit/micro"]
+    globbed = load("smoke", ["model=glob(*/micro)"], progress=False)
+    assert set(models(globbed)) == {"mixer/micro", "vit/micro", "bit/micro"}
+
+
+def test_cells_share_run_ids_with_plain_runs():
+    """A sweep cell is the run a plain `train` with the same overrides would make (same directory)."""
+    from mixer_scaling.config import compose
+    from mixer_scaling.records import run_id_of
+
+    cell = load("smoke", progress=False).cells[0]
+    plain = [o for o in cell.overrides if not o.startswith("+sweep")]
+    smoke_values = ["data.size=1000", "data.val_size=128", "train.examples_seen=512", "train.batch_size=64",
+                    "train.warmup_steps=2", "fewshot.datasets=[digits]", "fewshot.shots=[1,5]", "fewshot.seeds=[0]",
+                    "eval.batch_size=128", "eval.throughput_batch_sizes=[8,32]", "eval.throughput_repeats=1"]
+    assert run_id_of(compose([*plain, *smoke_values])) == cell.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources
+# ---------------------------------------------------------------------------------------------
+
+
+def test_presets_grow_with_the_model(paper_roots):
+    sweep = load("pareto", paper_roots, progress=False)
+    by_model = {c.cfg.model.name: preset_for(c, None) for c in sweep.cells}
+    assert by_model["mixer/s32"] == "gpu1" and by_model["mixer/h14"] == "gpu16"
+    small, huge = launcher_params("slurm", "gpu1", []), launcher_params("slurm", "gpu16", [])
+    assert huge["nodes"] * huge["gpus_per_node"] > small["nodes"] * small["gpus_per_node"]
+    assert huge["mem_gb"] > small["mem_gb"] and huge["timeout_min"] >= small["timeout_min"]
+    demo = load("demo", progress=False)
+    assert {preset_for(c, None) for c in demo.cells} == {"cpu"}
+    assert preset_for(demo.cells[0], "gpu8") == "gpu8"  # resources=<preset> wins
+
+
+def test_every_preset_file_is_in_the_size_table():
+    files = sorted(p.stem for p in (ROOT / "conf/resources").glob("*.yaml"))
+    assert files == sorted(name for name, _ in PRESET_GFLOPS)
+    for name in files:
+        params = launcher_params("slurm", name, [])
+        assert params["max_num_timeout"] > 0 and params["signal_delay_s"] > 0  # time limits requeue
+        assert params["setup"] == [f"export OMP_NUM_THREADS={params['cpus_per_task']}"]
+
+
+def test_launcher_overrides_reach_the_params():
+    params = launcher_params("slurm", "gpu8", ["hydra.launcher.partition=gpu", "hydra.launcher.account=vision",
+                                               "hydra.launcher.array_parallelism=4",
+                                               "+hydra.launcher.additional_parameters.mail-type=END"])
+    assert params["partition"] == "gpu" and params["account"] == "vision" and params["array_parallelism"] == 4
+    assert params["additional_parameters"] == {"mail-type": "END"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing created or submitted
+# ---------------------------------------------------------------------------------------------
+
+LAUNCH_CASES = {
+    "unknown sweep": (["nope"], ["sweep 'nope'", "demo, pareto, smoke"]),
+    "empty grid": (["smoke", "seed=range(0,0)"], ["seed=range(0,0)", "empty"]),
+    "invalid override": (["smoke", "train.lr=="], ["invalid override"]),
+    "bad value in one cell": (["smoke", "data.fraction=0.5,7"], ["data.fraction", "7", "(0, 1]"]),
+    "unknown key": (["smoke", "train.lr_peak=3"], ["train.lr_peak"]),
+    "unknown model in an axis": (["smoke", "model=mixer/micro,mixer/b99"], ["mixer/b99"]),
+    "unknown launcher key": (["smoke", "hydra.launcher.partiton=gpu"], ["hydra.launcher.partiton", "partition"]),
+    "unknown resources preset": (["smoke", "resources=huge"], ["resources=", "huge", "gpu16"]),
+    "unknown executor": (["smoke", "--executor", "pbs"], ["--executor", "pbs", "slurm, local, debug"]),
+    "other hydra keys": (["smoke", "hydra.sweep.dir=/x"], ["hydra.sweep.dir", "hydra.launcher"]),
+    "paper sweep without its data": (["pareto"], ["data.root", "required"]),
+    "bad array size": (["smoke", "--executor", "local", "--max-array-size", "0"], ["--max-array-size", "0"]),
+}
+
+
+@pytest.mark.parametrize("name", list(LAUNCH_CASES))
+def test_bad_launch_is_one_line_and_creates_nothing(tmp_path, monkeypatch, capsys, name):
+    args, must_mention = LAUNCH_CASES[name]
+    monkeypatch.chdir(tmp_path)
+    sweep, rest = args[0], args[1:]
+    code = cli.main(["sweep", "launch", sweep, f"runs_dir={tmp_path / 'runs'}", *rest])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    for word in must_mention:
+        assert word in lines[0], (word, lines[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["+sweep=nope"], ["sweep=", "nope"]),
+    (["+sweep=smoke", "resources=gpu8"], ["resources=gpu8", "hydra/launcher=slurm"]),
+    (["+sweep=smoke", "hydra/launcher=slurm", "hydra.launcher.qqos=x"], ["hydra.launcher.qqos", "qos"]),
+])
+def test_bad_hydra_multirun_is_one_line(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mixer_scaling.train", "-m", f"runs_dir={tmp_path / 'runs'}", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert all(w in err[0] for w in words), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slurm_without_a_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch/scontrol on this PATH
+    code = cli.main(["sweep", "launch", "smoke", f"runs_dir={tmp_path / 'runs'}", "--executor", "slurm"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "SLURM" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running cells here
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_debug_executor_runs_the_grid_records_failures_and_relaunches_only_them(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["sweep", "launch", "smoke", f"runs_dir={runs}", "model=mixer/micro", "train.lr=0.003,1e6",
+            "wandb.mode=disabled", "--executor", "debug"]
+    assert cli.main(args) == 1  # a failed cell fails the launch, after the others ran
+    out = capsys.readouterr().out
+    assert "1 done" in out and "1 failed" in out
+
+    assert cli.main(["sweep", "status", "smoke", f"runs_dir={runs}", "model=mixer/micro", "train.lr=0.003,1e6",
+                     "--json"]) == 0
+    rows = {r["train.lr"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["0.003"]["state"] == "done" and rows["0.003"]["val_top1"] is not None
+    assert rows["1000000.0"]["state"] == "failed" and "non-finite" in rows["1000000.0"]["detail"]
+
+    assert cli.main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells; 1 to run (skipping 1 done)" in out
