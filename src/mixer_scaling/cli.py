@@ -114,7 +114,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # overrides after options (`sweep launch demo --executor local seed=1`) are still overrides
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if getattr(args, "num_classes", 1) < 1:
         print(f"error: --num-classes={args.num_classes} is not allowed; expected an integer >= 1", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,156 @@
+"""Sweeps dispatched to a real one-node SLURM cluster (tests/slurm_cluster.py; fails, never skips).
+
+1. the smoke sweep through Hydra's multirun with hydra-submitit-launcher;
+2. the same through `sweep launch` (returns at once), then a relaunch that submits nothing;
+3. a failing cell: the other finishes, status names the error, a relaunch resubmits only it;
+4. a job signalled as SLURM does before a time limit requeues itself and resumes, ending like an
+   uninterrupted run;
+5. a 2-task DDP job (gloo) ends like a 1-task run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from mixer_scaling.records import read_record
+from mixer_scaling.sweep import load
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+CLI = [sys.executable, "-m", "mixer_scaling.cli"]
+NO_WANDB = "wandb.mode=disabled"
+
+
+def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch(cluster, runs: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", NO_WANDB, "--executor", "slurm",
+                f"hydra.launcher.partition={cluster.partition}", *extra], timeout=timeout)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return proc
+
+
+def status(runs: Path, *extra: str) -> dict[str, dict]:
+    proc = run([*CLI, "sweep", "status", "smoke", f"runs_dir={runs}", NO_WANDB, *extra, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    return {r["run_id"]: r for r in json.loads(proc.stdout)}
+
+
+def wait_done(cluster, runs: Path, *extra: str, timeout: float = 240) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = status(runs, *extra)
+        if all(r["state"] in ("done", "failed", "lost", "stale") for r in rows.values()) and not cluster.squeue():
+            return rows
+        time.sleep(2)
+    raise TimeoutError(f"sweep not finished after {timeout} s: {status(runs, *extra)}\n{cluster.squeue()}")
+
+
+def manifest(runs: Path) -> list[dict]:
+    path = runs / ".sweeps" / "smoke.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_hydra_multirun_with_submitit_slurm(idle_slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    proc = run([sys.executable, "-m", "mixer_scaling.train", "-m", "+sweep=smoke", f"runs_dir={runs}", NO_WANDB,
+                "hydra/launcher=slurm", "resources=cpu", f"hydra.launcher.partition={idle_slurm_cluster.partition}"],
+               timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = load("smoke", [f"runs_dir={runs}", NO_WANDB], progress=False).cells
+    for cell in cells:  # the multirun wrote exactly the cells `sweep launch` would have
+        record = read_record(cell.run_dir)
+        assert record["status"] == "done" and record["metrics"]["val_top1"] is not None
+        assert record["slurm_jobs"][0]["job_id"]
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == sorted(c.run_id for c in cells)
+
+
+def test_sweep_launch_returns_at_once_and_relaunch_submits_nothing(idle_slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    t0 = time.monotonic()
+    proc = launch(idle_slurm_cluster, runs)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted 2 cells as 1 job array(s)" in proc.stdout
+    jobs = {e["job_id"] for e in manifest(runs)}
+    assert len(jobs) == 2
+    queued = {r["id"] for r in idle_slurm_cluster.squeue()}
+    assert jobs & queued, "launch waited for the jobs instead of returning"  # still queued or running
+    assert time.monotonic() - t0 < 60
+
+    rows = wait_done(idle_slurm_cluster, runs)
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+
+    again = launch(idle_slurm_cluster, runs)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
+    assert "skipping 2 done" in again.stdout
+    assert len(manifest(runs)) == 2 and not idle_slurm_cluster.squeue()
+
+
+def test_failing_cell_is_recorded_and_only_it_is_relaunched(idle_slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    axes = ["model=mixer/micro", "train.lr=0.003,1e6"]  # lr 1e6 diverges: a real failure inside the job
+    launch(idle_slurm_cluster, runs, *axes)
+    rows = wait_done(idle_slurm_cluster, runs, *axes)
+    by_lr = {r["train.lr"]: r for r in rows.values()}
+    assert by_lr["0.003"]["state"] == "done"
+    failed = by_lr["1000000.0"]
+    assert failed["state"] == "failed" and "non-finite" in failed["detail"], failed
+    record = read_record(Path(failed["run_dir"]))
+    assert record["status"] == "failed" and "Traceback" in record["error"]["traceback"]
+
+    first = manifest(runs)
+    again = launch(idle_slurm_cluster, runs, *axes)
+    assert "submitted 1 cells" in again.stdout, again.stdout
+    resubmitted = manifest(runs)[len(first):]
+    assert [e["run_id"] for e in resubmitted] == [failed["run_id"]]
+    idle_slurm_cluster.wait_idle(timeout=120)
+
+
+def test_signalled_job_requeues_and_resumes_like_an_uninterrupted_run(idle_slurm_cluster, tmp_path):
+    runs, ref = tmp_path / "runs", tmp_path / "ref"
+    cell = ["model=mixer/micro", "train.examples_seen=3840", "train.checkpoint_every=10", "train.log_every=2"]
+    launch(idle_slurm_cluster, runs, *cell)
+    (entry,) = manifest(runs)
+    run_dir = runs / entry["run_id"]
+
+    # Wait until it is training, then send what SLURM sends before a time limit (--signal=USR2@...).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").exists() and len(metrics(run_dir)) >= 4:
+            break
+        time.sleep(0.3)
+    else:
+        raise TimeoutError(f"the job never started training: {idle_slurm_cluster.squeue()}")
+    idle_slurm_cluster.run("scancel", "--signal=USR2", entry["job_id"])
+
+    rows = wait_done(idle_slurm_cluster, runs, *cell, timeout=240)
+    record = read_record(run_dir)
+    assert rows[entry["run_id"]]["state"] == "done", rows
+    assert record["attempts"] == 2 and 0 < record["interrupted_at_step"] < record["steps"]
+    assert [j.get("restart_count", "0") for j in record["slurm_jobs"]] == ["0", "1"]  # requeued, same job
+    assert record["train_seconds"] > 0
+
+    # The same cell, never interrupted, one BLAS thread as in the job.
+    proc = subprocess.run([sys.executable, "-m", "mixer_scaling.train", "+sweep=smoke", f"runs_dir={ref}", NO_WANDB,
+                           *cell], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reference = read_record(ref / entry["run_id"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train/img_per_s"} for r in rows]  # noqa: E731
+    assert strip(metrics(run_dir)) == strip(metrics(ref / entry["run_id"]))
+    assert record["metrics"] == reference["metrics"]
