@@ -104,7 +104,8 @@ def test_sweep_launch_returns_at_once_and_relaunch_submits_nothing(idle_slurm_cl
 def test_failing_cell_is_recorded_and_only_it_is_relaunched(idle_slurm_cluster, tmp_path):
     runs = tmp_path / "runs"
     axes = ["model=mixer/micro", "train.lr=0.003,1e6"]  # lr 1e6 diverges: a real failure inside the job
-    launch(idle_slurm_cluster, runs, *axes)
+    first_launch = launch(idle_slurm_cluster, runs, *axes, "--max-array-size", "1")
+    assert "submitted 2 cells as 2 job array(s)" in first_launch.stdout, first_launch.stdout  # chunked
     rows = wait_done(idle_slurm_cluster, runs, *axes)
     by_lr = {r["train.lr"]: r for r in rows.values()}
     assert by_lr["0.003"]["state"] == "done"
@@ -154,3 +155,43 @@ def test_signalled_job_requeues_and_resumes_like_an_uninterrupted_run(idle_slurm
     strip = lambda rows: [{k: v for k, v in r.items() if k != "train/img_per_s"} for r in rows]  # noqa: E731
     assert strip(metrics(run_dir)) == strip(metrics(ref / entry["run_id"]))
     assert record["metrics"] == reference["metrics"]
+
+
+def test_two_task_ddp_job_matches_one_task(idle_slurm_cluster, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    cell = ["model=mixer/micro", "train.examples_seen=1280"]
+    launch(idle_slurm_cluster, one, *cell)
+    launch(idle_slurm_cluster, two, *cell, "hydra.launcher.tasks_per_node=2")  # 2 ranks x 1 core, gloo
+    (a,) = wait_done(idle_slurm_cluster, one, *cell).values()
+    (b,) = wait_done(idle_slurm_cluster, two, *cell).values()
+    assert a["run_id"] == b["run_id"] and a["state"] == b["state"] == "done", (a, b)
+    ra, rb = read_record(Path(a["run_dir"])), read_record(Path(b["run_dir"]))
+    assert (ra["world_size"], rb["world_size"]) == (1, 2)
+    assert rb["slurm_jobs"][0]["ntasks"] == "2"
+    ma, mb = metrics(Path(a["run_dir"])), metrics(Path(b["run_dir"]))
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]
+    for x, y in zip(ma, mb):  # the same global batch: the same losses up to float reduction order
+        assert y["train/loss"] == pytest.approx(x["train/loss"], rel=1e-4, abs=1e-6)
+        assert y["train/lr"] == pytest.approx(x["train/lr"], rel=1e-9)
+    val = 128  # smoke's data.val_size: one example is 1/128
+    assert abs(ra["metrics"]["val_top1"] - rb["metrics"]["val_top1"]) <= 1 / val + 1e-9
+
+
+def test_bad_partition_and_array_limit(idle_slurm_cluster, tmp_path, monkeypatch):
+    from mixer_scaling.launch import slurm_max_array_size
+
+    assert slurm_max_array_size() == idle_slurm_cluster.max_array_size  # read from the cluster's config
+    runs = tmp_path / "runs"
+    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", "--executor", "slurm",
+                "hydra.launcher.partition=nosuch"])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "hydra.launcher.partition='nosuch' does not exist" in lines[0] and idle_slurm_cluster.partition in lines[0]
+    assert not runs.exists() and not idle_slurm_cluster.squeue()
+
+    # sbatch itself refusing (more CPUs than the node has): its error, in one line, nothing left queued
+    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", "--executor", "slurm",
+                f"hydra.launcher.partition={idle_slurm_cluster.partition}", "hydra.launcher.cpus_per_task=64"])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "sbatch refused" in lines[0], proc.stderr
+    assert not idle_slurm_cluster.squeue() and manifest(runs) == []

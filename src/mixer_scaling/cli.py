@@ -1,7 +1,7 @@
 """mixer-scaling: the project's command line.
 
     mixer-scaling models [--json] [--num-classes N]   the model registry with params and GFLOPs
-    mixer-scaling demo [overrides...]                 tiny Mixer, ViT and BiT on the embedded data, compared
+    mixer-scaling demo [overrides...]                 the demo sweep on this machine, then its figures
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
     mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
@@ -21,9 +21,7 @@ from pathlib import Path
 
 from .errors import EXIT_USAGE, UserError
 
-DEMO_MODELS = ("mixer/tiny", "vit/tiny", "bit/tiny")
-# ~2 minutes per model on 2 CPU cores: 200 steps of 128 images, the same budget for every family.
-DEMO_OVERRIDES = ("study=demo", "train.examples_seen=25600", "data.val_size=2000")
+DEMO_SWEEP = "demo"  # sweeps/demo.yaml: tiny and micro Mixer, ViT, BiT x 3 data fractions
 
 
 def _console():
@@ -53,34 +51,58 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Train one tiny model per family on the embedded data and print how they compare."""
+    """The demo sweep on this machine (local executor), then its results table, figures and summary."""
     from rich.table import Table
 
-    from .config import compose
-    from .train import run
+    from . import launch
+    from .analysis.figures import render
+    from .analysis.results import collect, write_table
+    from .sweep import cell_states, load
 
     console = _console()
-    results, t0 = [], time.perf_counter()
-    for i, name in enumerate(DEMO_MODELS, 1):
-        cfg = compose([f"model={name}", *DEMO_OVERRIDES, *args.overrides])
-        console.print(f"[bold]({i}/{len(DEMO_MODELS)}) {name}[/bold]  {cfg.train.examples_seen} examples "
-                      f"of {cfg.data.name} at {cfg.data.image_size}x{cfg.data.image_size}")
-        results.append(run(cfg))
+    t0 = time.perf_counter()
+    sweep = load(DEMO_SWEEP, args.overrides)
+    plan = launch.plan(sweep, "local")
+    parallel = args.parallel or launch.default_parallel(plan)
+    console.print(f"[bold]demo[/]: {len(sweep.cells)} runs (sweeps/{DEMO_SWEEP}.yaml), {len(plan.todo)} to run, "
+                  f"{parallel} at a time; finished runs are reused")
 
-    table = Table(title="tiny Mixer vs ViT vs BiT on the embedded data (same examples seen)")
-    for col in ("model", "params M", "GFLOPs", "val top-1", "5-shot digits", "train img/s", "infer img/s"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
-    for r in results:
-        fewshot = r["metrics"].get("fewshot", {}).get("digits", {}).get("5")
-        table.add_row(r["model"], f"{r['params'] / 1e6:.2f}", f"{r['flops_per_image'] / 1e9:.3f}",
-                      f"{r['metrics']['val_top1']:.3f}", "-" if fewshot is None else f"{fewshot:.3f}",
-                      f"{r['train_img_per_s']:.0f}" if r.get("train_img_per_s") else "-",
-                      f"{r['throughput']:.0f}")
+    def on_done(cell, status, seconds, out):
+        record = cell.record() or {}
+        top1 = (record.get("metrics") or {}).get("val_top1")
+        out.print(f"  {status:<6} {cell.label:<40} {seconds:4.0f} s"
+                  + (f"  val top-1 {top1:.3f}" if top1 is not None else f"  {(record.get('error') or {}).get('message', '')}"))
+
+    launch.run_here(plan, parallel=parallel, on_done=on_done)
+    states = cell_states(sweep, ask_queue=False)
+    done = [s for s in states if s.state == "done"]
+    console.print(f"{len(done)}/{len(states)} runs done in {time.perf_counter() - t0:.0f} s")
+    if not done:
+        return 1
+
+    runs_dir = Path(sweep.cells[0].cfg.runs_dir)
+    out_dir = Path(args.figures) if args.figures else runs_dir.parent / "figures" / DEMO_SWEEP
+    df, summary = collect([s.cell.run_dir for s in states if s.record])
+    results = write_table(df, out_dir.parent / f"{DEMO_SWEEP}_results.parquet")
+    rendered = render(df, out_dir, summary=summary, n_boot=100)
+
+    few = [c for c in df.columns if c.startswith("fewshot_") and c.endswith("_5")]
+    metric = few[0] if few else "val_top1"
+    pivot = df[df.status == "done"].pivot_table(index="model", columns="fraction", values=metric, aggfunc="mean")
+    table = Table(title=f"{metric} by model and pre-training fraction (same examples seen)")
+    table.add_column("model")
+    for f in pivot.columns:
+        table.add_column(f"{f:g}", justify="right")
+    for model, row in pivot.iterrows():
+        table.add_row(model, *("-" if v != v else f"{v:.3f}" for v in row))
     console.print(table)
-    console.print(f"{len(results)} runs in {time.perf_counter() - t0:.0f} s (rerunning reuses finished runs):")
-    for r in results:
-        console.print(f"  {r['model']:<12} {Path(r['run_dir']) / 'result.json'}")
-    return 0
+    console.print(f"results: {results[0]}")
+    console.print(f"figures ({out_dir}):")
+    for f in rendered.files:
+        console.print(f"  {f}")
+    for line in rendered.summary:
+        console.print(line)
+    return 0 if len(done) == len(states) else 1
 
 
 def cmd_train(args) -> int:
@@ -98,8 +120,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     m.add_argument("--num-classes", type=int, default=1000, help="head size counted in params (default 1000)")
     m.set_defaults(fn=cmd_models)
-    d = sub.add_parser("demo", help="train tiny Mixer, ViT and BiT on the embedded data and compare them")
-    d.add_argument("overrides", nargs="*", help="Hydra overrides applied to all three runs")
+    d = sub.add_parser("demo", help="the demo sweep (tiny Mixer, ViT, BiT x data fractions) here, then its figures")
+    d.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. seed=0,1,2)")
+    d.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per core)")
+    d.add_argument("--figures", default=None, help="figure folder (default: figures/demo next to runs_dir)")
     d.set_defaults(fn=cmd_demo)
     t = sub.add_parser("train", help="one run (Hydra overrides), as python -m mixer_scaling.train", add_help=False)
     t.add_argument("overrides", nargs=argparse.REMAINDER)

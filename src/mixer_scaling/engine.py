@@ -2,13 +2,16 @@
 
 Everything a resumed run needs is in the checkpoint or follows from the step (the batch order is a
 pure function of (seed, step), see :mod:`mixer_scaling.stream`), so on CPU an interrupted and
-resumed run ends bit for bit like an uninterrupted one.
+resumed run ends bit for bit like an uninterrupted one. Data parallel (:mod:`mixer_scaling.distributed`),
+each rank trains on its share of the global batch under DDP and keeps its own random stream, which the
+checkpoint holds too.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -16,15 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .errors import ConfigError
 from .stream import StreamSampler, total_steps
 
@@ -76,6 +81,10 @@ def build_scheduler(optimizer, t: Mapping, steps: int):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite: the run has diverged and is recorded as failed."""
+
+
 class Interrupted(Exception):
     """A stop was requested by a signal; a checkpoint was written at ``step``.
 
@@ -117,7 +126,11 @@ def stop_on_signals(signals=STOP_SIGNALS):
 
 @dataclass
 class Loop:
-    """What one training loop needs; built by :mod:`mixer_scaling.train`."""
+    """What one training loop needs; built by :mod:`mixer_scaling.train`.
+
+    With ``world_size`` > 1 every rank runs this loop in step; only rank 0 writes checkpoints and calls
+    the callbacks.
+    """
 
     model: torch.nn.Module
     train_set: torch.utils.data.Dataset
@@ -127,7 +140,7 @@ class Loop:
     seed: int
     device: torch.device
     ckpt_path: Path
-    on_log: Callable[[dict], None]  # gets one metrics row per logging step
+    on_log: Callable[[dict], None] = lambda row: None  # gets one metrics row per logging step
     on_eval: Callable[[int], dict] | None = None
     on_resume: Callable[[int], None] | None = None  # gets the step training (re)starts from
     num_workers: int = 0
@@ -140,6 +153,10 @@ class Loop:
     def steps(self) -> int:
         return total_steps(self.cfg.examples_seen, self.cfg.batch_size)
 
+    def _seed(self, start: int) -> int:
+        """Rank 0 keeps the single-process seed; the others get their own (augmentation, dropout, mixup)."""
+        return self.seed + start + 1_000_003 * self.rank
+
     def run(self) -> dict:
         """Train to the end (or to a stop signal). Returns the compute counters."""
         t, model, device = self.cfg, self.model, self.device
@@ -151,7 +168,16 @@ class Loop:
             checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             start, self.counters = ckpt["step"], dict(ckpt["counters"])
             log.info("resuming from step %d of %d", start, self.steps)
-        if self.on_resume:
+        if self.rank:  # its own random stream, not a copy of rank 0's (which restore has just set)
+            saved = ckpt["extra"].get("rng_per_rank", []) if ckpt else []
+            if len(saved) == self.world_size:
+                checkpoint.set_rng_state(saved[self.rank])
+            else:  # a fresh start, or a checkpoint written at another world size
+                s = self._seed(start)
+                random.seed(s)
+                np.random.seed(s)
+                torch.manual_seed(s)
+        if self.on_resume and self.rank == 0:
             self.on_resume(start)
         if start >= self.steps:
             return self.counters
@@ -161,15 +187,21 @@ class Loop:
         loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
                             num_workers=self.num_workers, pin_memory=device.type == "cuda",
                             # its own generator, so building the loader never draws from the global RNG
-                            generator=torch.Generator().manual_seed(self.seed + start))
+                            generator=torch.Generator().manual_seed(self._seed(start)))
         mixup = Mixup(mixup_alpha=t.mixup, label_smoothing=t.label_smoothing, num_classes=self.num_classes) \
             if t.mixup > 0 else None
         loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
-        model.train()
-        window_loss, window_n, window_t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        # DDP averages the gradients over ranks in backward: with equal shards of one global batch and a
+        # per-rank mean loss, that is the full batch's gradient, so clipping below sees the global norm.
+        net = DistributedDataParallel(model) if self.world_size > 1 else model
+        net.train()
+        # The loss window since the last logged step survives a resume, so the first line logged after
+        # it averages the same steps as in an uninterrupted run.
+        window_loss = torch.tensor(float(self.counters.get("window_loss", 0.0)), device=device)
+        window_n, window_t0 = int(self.counters.get("window_n", 0)), time.perf_counter()
         seg_t0 = time.perf_counter()
         bar = tqdm(total=self.steps, initial=start, disable=not self.progress or self.rank != 0,
                    desc="train", unit="step", dynamic_ncols=True, leave=False)
@@ -180,7 +212,7 @@ class Loop:
                 if mixup:
                     x, y = mixup(x, y)
                 with autocast:
-                    loss = loss_fn(model(x), y)
+                    loss = loss_fn(net(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
@@ -194,33 +226,48 @@ class Loop:
                 last = step == self.steps
                 if (t.log_every and step % t.log_every == 0) or last:
                     now = time.perf_counter()
-                    row = {
-                        "step": step,
-                        "examples": step * t.batch_size,
-                        "epoch": step * t.batch_size / len(self.train_set),
-                        "train/loss": (window_loss / window_n).item(),
-                        "train/grad_norm": float(grad_norm),
-                        "train/lr": optimizer.param_groups[0]["lr"],
-                        "train/img_per_s": window_n * t.batch_size / (now - window_t0),
-                    }
-                    bar.set_postfix(loss=f"{row['train/loss']:.3f}")
-                    self.on_log(row)
+                    train_loss = distributed.mean(window_loss / window_n).item()  # every rank takes part
+                    if not math.isfinite(train_loss):  # every rank sees the same mean, so all stop here
+                        raise NonFiniteLoss(f"non-finite training loss ({train_loss}) at step {step} "
+                                            f"(lr {optimizer.param_groups[0]['lr']:.3g}): the run diverged; "
+                                            "lower train.lr or raise train.warmup_steps")
+                    if self.rank == 0:
+                        row = {
+                            "step": step,
+                            "examples": step * t.batch_size,
+                            "epoch": step * t.batch_size / len(self.train_set),
+                            "train/loss": train_loss,
+                            "train/grad_norm": float(grad_norm),
+                            "train/lr": optimizer.param_groups[0]["lr"],
+                            "train/img_per_s": window_n * t.batch_size / (now - window_t0),
+                        }
+                        bar.set_postfix(loss=f"{train_loss:.3f}")
+                        self.on_log(row)
                     window_loss.zero_()
                     window_n, window_t0 = 0, time.perf_counter()
-                if self.on_eval and t.eval_every and step % t.eval_every == 0 and not last:
+                if self.rank == 0 and self.on_eval and t.eval_every and step % t.eval_every == 0 and not last:
                     self.on_log({"step": step, **self.on_eval(step)})
-                    model.train()
-                stopping = stop["signum"] is not None
-                if last or stopping or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                    net.train()
+                # All ranks agree, so none waits in a collective for a rank that has stopped.
+                signum = distributed.any_stop(stop["signum"])
+                if last or signum or (t.checkpoint_every and step % t.checkpoint_every == 0):
                     now = time.perf_counter()
                     self.counters["train_seconds"] += now - seg_t0
+                    # device-seconds per segment, so a job requeued on more or fewer ranks adds up right
+                    self.counters["device_seconds"] = self.counters.get("device_seconds", 0.0) + \
+                        (now - seg_t0) * self.world_size
                     self.counters["examples"] = step * t.batch_size
+                    self.counters["window_loss"] = distributed.mean(window_loss).item()
+                    self.counters["window_n"] = window_n
                     seg_t0 = now
+                    rngs = distributed.gather(checkpoint.rng_state()) if self.world_size > 1 else None
                     if self.rank == 0:
-                        checkpoint.save(self.ckpt_path, model=model, optimizer=optimizer,
-                                        scheduler=scheduler, step=step, counters=self.counters)
-                if stopping:
+                        checkpoint.save(self.ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                        step=step, counters=self.counters,
+                                        extra={"rng_per_rank": rngs} if rngs else None)
+                if signum:
                     bar.close()
-                    raise Interrupted(step, stop["signum"], stop["previous"].get(stop["signum"]))
+                    distributed.barrier()  # the other ranks leave only once rank 0's checkpoint is on disk
+                    raise Interrupted(step, signum, stop["previous"].get(signum))
         bar.close()
         return self.counters

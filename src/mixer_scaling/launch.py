@@ -5,7 +5,7 @@
   passed to sbatch — and the command returns with the job ids. Nothing has to stay alive on the
   login node: a job's record is its run directory.
 * ``local``: the same jobs as processes on this machine, a few at a time; waits for them.
-* ``debug``: in this process, one after the other (pdb works); waits.
+* ``debug``: in this process, one after the other (breakpoints work); waits.
 
 Resources come from the presets in ``conf/resources/`` (the same files Hydra's launcher reads): each
 cell gets the smallest preset whose model fits (:data:`PRESET_GFLOPS`) unless ``resources=<preset>``
@@ -19,6 +19,7 @@ submitit, which resubmits the same call and requeues the job.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -34,8 +35,9 @@ import submitit
 from omegaconf import OmegaConf, open_dict
 
 from .config import compose
+from .engine import Interrupted
 from .errors import ConfigError, UserError, one_line
-from .records import FAILED, atomic_write_json, read_record, run_id_of
+from .records import FAILED, record_failure, run_id_of
 from .sweep import DONE, TO_SUBMIT, Cell, CellState, Sweep, cell_states
 
 EXECUTORS = ("slurm", "local", "debug")
@@ -60,30 +62,19 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self, config: dict) -> dict:
         from .train import run
 
+        if not logging.getLogger().handlers:  # the run's progress lines, in the job's log file
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         cfg = OmegaConf.create(config)
         if not sys.stdout.isatty():
             cfg.progress = False  # a progress bar in a log file is noise; the metrics lines remain
         try:
             record = run(cfg)
+        except Interrupted:  # checkpointed and recorded as interrupted: it resumes, it did not fail
+            raise
         except Exception as exc:
             record_failure(cfg, exc)
             raise
         return {"run_id": run_id_of(cfg), "status": (record or {}).get("status")}
-
-
-def record_failure(cfg, exc: BaseException) -> None:
-    """A job that failed before its run wrote a record (e.g. unreadable data) still leaves one."""
-    run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
-    previous = read_record(run_dir) if (run_dir / "result.json").exists() else None
-    if previous and previous.get("status") == FAILED:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "result.json", {
-        **(previous or {}), "run_id": run_id_of(cfg), "status": FAILED, "model": cfg.model.name,
-        "family": cfg.model.family, "fraction": float(cfg.data.fraction), "seed": int(cfg.seed), "study": cfg.study,
-        "error": {"type": type(exc).__name__, "message": one_line(exc), "traceback": traceback.format_exc()},
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,8 +138,6 @@ def make_executor(executor: str, params: dict, folder: Path, name: str) -> submi
         update["local_setup"] = [f"export OMP_NUM_THREADS={params.get('cpus_per_task') or 1}"]
         update = {k: v for k, v in update.items() if k in ("name", "timeout_min", "tasks_per_node", "gpus_per_node",
                                                            "stderr_to_stdout", "local_setup")}
-    elif executor == "debug":
-        update = {"name": name, "timeout_min": update.get("timeout_min", 60)}
     try:
         ex.update_parameters(**update)
     except Exception as exc:
@@ -350,19 +339,25 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
         while queue or running:
             while queue and len(running) < (1 if p.executor == "debug" else parallel):
                 cell = queue.pop(0)
+                config = OmegaConf.to_container(cell.cfg, resolve=True)
+                bar.update(task, now=cell.label)
+                if p.executor == "debug":  # right here, so breakpoints and tracebacks are the user's own
+                    t0 = time.perf_counter()
+                    p.sweep.remember([cell], ["debug"], p.executor, Path("-"))
+                    try:
+                        CellJob()(config)
+                    except Exception:
+                        pass  # recorded in the cell's result.json; the other cells go on
+                    running.append((cell, _Finished(), t0))
+                    continue
                 preset = p.presets[cell.run_id]
                 if preset not in executors:
                     executors[preset] = make_executor(p.executor, p.params[preset], p.log_folder(cell.cfg.runs_dir),
                                                       p.sweep.name)
-                job = executors[preset].submit(CellJob(), OmegaConf.to_container(cell.cfg, resolve=True))
+                job = executors[preset].submit(CellJob(), config)
                 p.sweep.remember([cell], [job.job_id], p.executor, p.log_folder(cell.cfg.runs_dir))
                 running.append((cell, job, time.perf_counter()))
                 bar.update(task, now=", ".join(c.label for c, _, _ in running))
-                if p.executor == "debug":
-                    try:
-                        job.result()  # the debug executor runs the cell now, in this process
-                    except Exception:
-                        pass  # recorded in the cell's result.json; the other cells go on
             finished = [r for r in running if r[1].done()]
             for cell, job, t0 in finished:
                 running.remove((cell, job, t0))
@@ -375,6 +370,13 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
                 time.sleep(0.5)
             bar.update(task, now=", ".join(c.label for c, _, _ in running))
     return results
+
+
+class _Finished:
+    """A cell the debug executor has already run."""
+
+    def done(self) -> bool:
+        return True
 
 
 def wait(sweep: Sweep, poll_s: float = 5.0, timeout_s: float | None = None) -> list[CellState]:

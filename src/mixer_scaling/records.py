@@ -179,3 +179,22 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+
+
+def record_failure(cfg: DictConfig, exc: BaseException) -> None:
+    """A dispatched run that failed before it wrote a record (e.g. unreadable data) still leaves one, so a
+    sweep never shows it as pending or lost. A record the run already marked failed is kept as it is."""
+    import traceback
+
+    run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
+    previous = read_record(run_dir)
+    if previous and previous.get("status") == FAILED:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    atomic_write_json(run_dir / RESULT_FILE, {
+        **(previous or {}), "run_id": run_id_of(cfg), "status": FAILED, "study": cfg.study, "model": cfg.model.name,
+        "family": cfg.model.family, "fraction": float(cfg.data.fraction), "seed": int(cfg.seed),
+        "error": {"type": type(exc).__name__, "message": message, "traceback": traceback.format_exc()},
+        "updated_at": _now(),
+    })

@@ -2,7 +2,8 @@
 
 Data flows one way: config → build (model, data) → train (:mod:`.engine`) → evaluate (val top-1,
 few-shot, throughput) → record (``result.json``, ``metrics.jsonl``, W&B). Everything that can fail on
-bad input is built before the run directory exists, so a bad config leaves nothing behind.
+bad input is built before the run directory exists, so a bad config leaves nothing behind. Started as
+several processes it trains data parallel (:mod:`.distributed`); rank 0 alone records and evaluates.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, records
+from . import __version__, distributed, records
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .engine import Interrupted, Loop
-from .errors import EXIT_USAGE, UserError
+from .errors import EXIT_USAGE, ConfigError, UserError
 from .evaluate.classify import ordered_loader, top1
 from .evaluate.downstream import evaluate_fewshot
 from .evaluate.throughput import inference_throughput
 from .models import build_model, count_params, forward_flops, get_spec
-from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, Record, read_record, run_id_of
+from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, Record, read_record, record_failure, run_id_of
 from .tracking import Tracker
 
 log = logging.getLogger("mixer_scaling.train")
@@ -66,9 +67,8 @@ class Built:
     device: torch.device
 
 
-def build(cfg: DictConfig) -> Built:
-    seed_everything(cfg.seed)
-    device = resolve_device(str(cfg.device))
+def build(cfg: DictConfig, device: torch.device) -> Built:
+    seed_everything(cfg.seed)  # the same on every rank: the same initial weights
     data = build_data(cfg.data)
     fewshot_sets = build_fewshot_sets(cfg.fewshot, data.image_size, cfg.data)
     model = build_model(cfg.model, num_classes=data.num_classes, image_size=data.image_size).to(device)
@@ -103,7 +103,8 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
         "epochs": t.examples_seen / d.train_size,
         "seed": int(cfg.seed),
         "device": torch.cuda.get_device_name(built.device) if built.device.type == "cuda" else platform.processor() or "cpu",
-        "num_devices": 1,
+        "num_devices": distributed.world_size(),  # one device per rank
+        "world_size": distributed.world_size(),
         "versions": {"mixer_scaling": __version__, "torch": torch.__version__,
                      "timm": __import__("timm").__version__, "python": platform.python_version()},
     }
@@ -123,7 +124,12 @@ def evaluate(cfg: DictConfig, built: Built) -> tuple[dict, dict]:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train and evaluate one config, resuming or skipping as its run directory says. Returns the record."""
+    """Train and evaluate one config, resuming or skipping as its run directory says. Returns the record.
+
+    Started as several processes (the tasks of a SLURM job, torchrun) it trains data parallel: rank 0
+    writes the run directory, evaluates and returns the record; the other ranks train their share, wait
+    for rank 0 and return the record it wrote, read from disk.
+    """
     validate(cfg)
     run_id = run_id_of(cfg)
     run_dir = Path(cfg.runs_dir) / run_id
@@ -132,7 +138,29 @@ def run(cfg: DictConfig) -> dict:
         log.info("run %s is done (%s); not retraining", run_id, run_dir)
         return previous
 
-    built = build(cfg)
+    with distributed.launched(resolve_device(str(cfg.device))) as device:
+        ranks = distributed.world_size()
+        if cfg.train.batch_size % ranks:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not allowed; expected a multiple of "
+                              f"the {ranks} data-parallel ranks")
+        with distributed.main_first():  # a data set with download=true is fetched once, not once per rank
+            built = build(cfg, device)
+        if distributed.is_main():
+            return _lead(cfg, built, run_id, run_dir)
+        return _follow(cfg, built, run_dir)
+
+
+def _loop(cfg: DictConfig, built: Built, run_dir: Path, **callbacks) -> Loop:
+    return Loop(
+        model=built.model, train_set=built.data.train, collate_fn=built.data.collate_fn,
+        num_classes=built.data.num_classes, cfg=cfg.train, seed=int(cfg.seed), device=built.device,
+        ckpt_path=run_dir / records.CHECKPOINT_FILE, num_workers=int(cfg.data.get("num_workers", 0)),
+        progress=bool(cfg.progress), rank=distributed.rank(), world_size=distributed.world_size(), **callbacks,
+    )
+
+
+def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
+    """Rank 0 (the only rank of a single-process run): train, evaluate and record."""
     run_dir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_bytes(run_dir / records.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True).encode())
     static = describe(cfg, built, run_id)
@@ -154,15 +182,12 @@ def run(cfg: DictConfig) -> dict:
         metrics_log.append(row)
         tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    loop = Loop(
-        model=built.model, train_set=built.data.train, collate_fn=built.data.collate_fn,
-        num_classes=built.data.num_classes, cfg=cfg.train, seed=int(cfg.seed), device=built.device,
-        ckpt_path=run_dir / records.CHECKPOINT_FILE, on_log=on_log,
+    loop = _loop(
+        cfg, built, run_dir, on_log=on_log,
         on_eval=lambda step: {"val/top1": top1(built.model, ordered_loader(
             built.data.val, cfg.eval.batch_size, built.data.collate_fn), built.device)},
         # lines logged after the checkpoint by an attempt that was cut off are dropped
         on_resume=metrics_log.truncate_after,
-        num_workers=int(cfg.data.get("num_workers", 0)), progress=bool(cfg.progress),
     )
     try:
         counters = loop.run()
@@ -171,23 +196,40 @@ def run(cfg: DictConfig) -> dict:
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         record.save(DONE)
-        tracker.summary(_flat_summary(record.fields))
-        tracker.finish(0)
-        return record.fields
     except Interrupted as stop:
         record.update(**_cost(loop.counters, static["num_devices"]), interrupted_at_step=stop.step)
         record.save(INTERRUPTED)
         tracker.finish(0)
+        distributed.barrier()  # the other ranks exit once the record is written (see _follow)
         # Inside a submitit job this is its checkpoint-and-requeue handler: the job comes back and resumes.
         stop.hand_over()
         raise
     except BaseException as exc:
+        # No barrier: the other ranks fail as soon as this one leaves the process group.
         record.update(**_cost(loop.counters, static["num_devices"]),
                       error={"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0] if str(exc).strip() else "",
                              "traceback": traceback.format_exc()})
         record.save(FAILED)
         tracker.finish(1)
         raise
+    tracker.summary(_flat_summary(record.fields))
+    tracker.finish(0)
+    # The other ranks return the record once it is written (see _follow). After the try: a rank that died
+    # meanwhile makes this raise, but cannot turn a done record into a failed one.
+    distributed.barrier()
+    return record.fields
+
+
+def _follow(cfg: DictConfig, built: Built, run_dir: Path) -> dict | None:
+    """Any other rank: train its share, then wait until rank 0 has evaluated and written the record."""
+    try:
+        _loop(cfg, built, run_dir).run()
+    except Interrupted as stop:
+        distributed.barrier()  # rank 0 records the interruption
+        stop.hand_over()  # submitit's handler does nothing on these ranks; requeueing is rank 0's
+        raise
+    distributed.barrier()
+    return read_record(run_dir)
 
 
 def slurm_job() -> dict | None:
@@ -202,7 +244,8 @@ def slurm_job() -> dict | None:
 
 def _cost(counters: dict, num_devices: int) -> dict:
     seconds = float(counters.get("train_seconds", 0.0))
-    return {"train_seconds": seconds, "device_hours": seconds * num_devices / 3600.0,
+    device_seconds = float(counters.get("device_seconds", seconds * num_devices))  # older checkpoints lack it
+    return {"train_seconds": seconds, "device_hours": device_seconds / 3600.0,
             "train_img_per_s": counters.get("examples", 0) / seconds if seconds else None}
 
 
@@ -219,9 +262,15 @@ def _flat_summary(fields: dict) -> dict:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
 def _app(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        # Raise, do not exit: Hydra records the cell as failed (its record says why) and goes on with
-        # the other cells, then fails the sweep at the end.
-        run(cfg)
+        # Raise, do not exit: Hydra records the cell as failed and goes on with the other cells, then
+        # fails the sweep at the end; the cell's result.json says why, even if it failed before training.
+        try:
+            run(cfg)
+        except Interrupted:  # checkpointed and recorded as interrupted: it resumes, it did not fail
+            raise
+        except Exception as exc:
+            record_failure(cfg, exc)
+            raise
         return
     try:
         run(cfg)

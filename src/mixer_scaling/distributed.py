@@ -1,0 +1,129 @@
+"""Data-parallel training (torch DDP) across the processes of a job: who is who, and the few collectives a run needs.
+
+A run is data parallel when it is started as several processes: the tasks of a SLURM job (e.g. the
+submitit launcher with ``tasks_per_node`` > 1) or a torchrun-style launch (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Each rank trains on its strided share of the same
+global batch (:mod:`.stream`), so ``train.batch_size`` and ``train.examples_seen`` mean the same at any
+world size; rank 0 alone writes the run directory, logs and evaluates. A single process needs none of
+this: nothing is initialised then and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+
+import submitit
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+# The stop flag and the waits on rank 0 (its checkpoint, its evaluation) go through a CPU (gloo) group:
+# a flag on the GPU would sync the CUDA stream at every step, and an evaluation can outlast the default
+# collective timeout (10 min with NCCL). A rank that dies still ends these waits at once (its
+# connections close); only a hung rank 0 runs into this timeout.
+CONTROL_TIMEOUT = timedelta(hours=6)
+_control = None
+
+
+def _launch() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) when started as several processes, else None."""
+    env = os.environ
+    # An explicit launch first: torchrun inside a SLURM job (one task per node) sets these, and its
+    # workers are not the job's tasks.
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    # The tasks of a SLURM job step (srun's: submitit starts its SLURM jobs so) or of a submitit local job.
+    # Not SLURM_NTASKS: the batch script of a several-task job has it too but is one process, which would
+    # wait for peers that never come.
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1 or int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
+        env.setdefault("SUBMITIT_EXECUTOR", "slurm")  # how submitit recognises SLURM; a plain srun lacks it
+        # Exports MASTER_ADDR (the first node), MASTER_PORT (drawn from the job id), RANK, WORLD_SIZE.
+        # CUDA_VISIBLE_DEVICES is left alone: SLURM may already have narrowed it per task (see launched).
+        d = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        return d.rank, d.world_size, d.local_rank
+    return None
+
+
+@contextmanager
+def launched(device: torch.device):
+    """Join the job's process group for the block when started as several processes; yields the device to use.
+
+    On CUDA each rank takes the GPU of its local rank (modulo the GPUs it sees, for tasks that see only
+    their own) with NCCL; on CPU, gloo. The group is destroyed on the way out, on an exception too,
+    so the other ranks fail at once instead of waiting in a collective for this one.
+    """
+    global _control
+    launch = _launch()
+    if launch is None:
+        yield device
+        return
+    rank, world_size, local_rank = launch
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    try:
+        _control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+        log.info("data parallel: rank %d of %d on %s", rank, world_size, device)
+        yield device
+    finally:
+        _control = None
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over ranks (``x`` on the training device)."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)  # a sum: gloo has no AVG
+    return x / world_size()
+
+
+def any_stop(signum: int | None) -> int | None:
+    """A stop signal that any rank got, or None, so that all ranks stop after the same step."""
+    if world_size() == 1:
+        return signum
+    flag = torch.tensor(signum or 0)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control)
+    return int(flag) or None
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier(group=_control)
+
+
+def gather(obj) -> list:
+    """``obj`` of every rank, in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_control)
+    return out
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block before the others do: a data set is downloaded once, not once per rank."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
