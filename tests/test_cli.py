@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
 
 EXACT = {"mixer/b16": 59_880_472, "mixer/b32": 60_293_428, "mixer/l16": 208_196_168}
@@ -31,3 +33,25 @@ def test_models_num_classes_changes_the_head(tmp_path):
 def test_models_table(tmp_path):
     proc = run_cli(["-m", "mixer_scaling.cli", "models"], cwd=tmp_path, env={"COLUMNS": "200"})
     assert proc.returncode == 0 and "mixer/h14" in proc.stdout and "GFLOPs" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
+    """`mixer-scaling demo` on a two-cell slice of the demo grid: local executor, records, table, figures."""
+    import pandas as pd
+
+    args = ["-m", "mixer_scaling.cli", "demo", "model=mixer/micro", "data.fraction=0.3,1.0",
+            "train.examples_seen=256", "data.val_size=128", "fewshot.shots=[1,5]", "wandb.mode=disabled",
+            f"runs_dir={tmp_path / 'runs'}"]
+    proc = run_cli(args, cwd=tmp_path, env={"COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 to run" in proc.stdout and "2/2 runs done" in proc.stdout
+    figures = tmp_path / "figures" / "demo"
+    for stem in ("pareto_compute", "pareto_throughput", "data_scaling"):
+        assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.csv").exists()
+    assert "on the frontier" in proc.stdout and "data scaling" in proc.stdout
+    table = pd.read_parquet(tmp_path / "figures" / "demo_results.parquet")
+    assert sorted(table.fraction) == [0.3, 1.0] and set(table.status) == {"done"}
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0 and "0 to run" in again.stdout  # finished runs are reused

@@ -82,6 +82,12 @@ def test_hydra_multirun_with_submitit_slurm(idle_slurm_cluster, tmp_path):
 
 def test_sweep_launch_returns_at_once_and_relaunch_submits_nothing(idle_slurm_cluster, tmp_path):
     runs = tmp_path / "runs"
+    dry = launch(idle_slurm_cluster, runs, "--dry-run")
+    assert dry.returncode == 0 and "dry run: nothing submitted" in dry.stdout
+    assert "#SBATCH --array=0-1%2" in dry.stdout and f"#SBATCH --partition={idle_slurm_cluster.partition}" in dry.stdout
+    assert "export OMP_NUM_THREADS=1" in dry.stdout and "CPU core-hours" in dry.stdout
+    assert not runs.exists() and not idle_slurm_cluster.squeue()
+
     t0 = time.monotonic()
     proc = launch(idle_slurm_cluster, runs)
     assert proc.returncode == 0, proc.stderr
@@ -189,9 +195,12 @@ def test_bad_partition_and_array_limit(idle_slurm_cluster, tmp_path, monkeypatch
     assert "hydra.launcher.partition='nosuch' does not exist" in lines[0] and idle_slurm_cluster.partition in lines[0]
     assert not runs.exists() and not idle_slurm_cluster.squeue()
 
-    # sbatch itself refusing (more CPUs than the node has): its error, in one line, nothing left queued
-    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", "--executor", "slurm",
-                f"hydra.launcher.partition={idle_slurm_cluster.partition}", "hydra.launcher.cpus_per_task=64"])
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "sbatch refused" in lines[0], proc.stderr
-    assert not idle_slurm_cluster.squeue() and manifest(runs) == []
+    # sbatch refusing the request (checked with --test-only first): its reason, in one line, nothing queued
+    for bad, reason in [("+hydra.launcher.additional_parameters.no-such-option=1", "unrecognized option"),
+                        ("hydra.launcher.cpus_per_task=64", "node configuration is not available")]:
+        proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", "--executor", "slurm",
+                    f"hydra.launcher.partition={idle_slurm_cluster.partition}", bad])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "sbatch refuses the cpu array of 2 cells" in lines[0] and reason in lines[0], lines[0]
+        assert not idle_slurm_cluster.squeue() and manifest(runs) == []

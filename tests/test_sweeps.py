@@ -227,3 +227,18 @@ def test_debug_executor_runs_the_grid_records_failures_and_relaunches_only_them(
     assert cli.main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 cells; 1 to run (skipping 1 done)" in out
+
+
+def test_dry_run_without_slurm_shows_grid_cost_and_launcher_params(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch/srun: the script itself needs a SLURM machine
+    monkeypatch.setenv("COLUMNS", "200")
+    (tmp_path / "jft").mkdir()
+    code = cli.main(["sweep", "launch", "pareto", f"data.root={tmp_path / 'jft'}", "fewshot.root=/data/imagenet",
+                     f"runs_dir={tmp_path / 'runs'}", "hydra.launcher.partition=gpu", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "pareto: 14 cells; 14 to run" in out and "GPU-hours" in out and "no SLURM on this machine" in out
+    for preset in ("gpu1", "gpu4", "gpu8", "gpu16"):  # one array per preset the models need
+        assert f"{preset} array of" in out
+    assert '"partition": "gpu"' in out and '"nodes": 2' in out and "dry run: nothing submitted" in out
+    assert not (tmp_path / "runs").exists()

@@ -275,8 +275,9 @@ class Plan:
         return Path(runs_dir) / ".sweeps" / "logs" / self.sweep.name / "%j"
 
 
-def plan(sweep: Sweep, executor: str, max_array_size: int | None = None) -> Plan:
-    """Decide what to submit; checks launcher keys, presets and (for slurm) the partition and array limit."""
+def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_cluster: bool = True) -> Plan:
+    """Decide what to submit; checks launcher keys, presets and (for slurm, unless ``check_cluster`` is
+    False) the partition, the array limit and each array's sbatch request."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor={executor!r} is not allowed; choose one of: {', '.join(EXECUTORS)}")
     forced = forced_preset(sweep.launcher_overrides)
@@ -287,7 +288,8 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None) -> Plan
     presets = {c.run_id: preset_for(c, forced) for c in sweep.cells}
     params = {p: launcher_params(executor, p, sweep.launcher_overrides) for p in dict.fromkeys(presets.values())}
     chunk = max(1, len(todo))
-    if executor == "slurm":
+    check_cluster = check_cluster and executor == "slurm"
+    if check_cluster:
         for p in params.values():
             check_partition(p.get("partition"))
         chunk = slurm_max_array_size()
@@ -295,7 +297,21 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None) -> Plan
         if max_array_size < 1:
             raise ConfigError(f"--max-array-size={max_array_size} is not allowed; expected an integer >= 1")
         chunk = min(chunk, max_array_size)
-    return Plan(sweep, executor, states, todo, presets, params, chunk)
+    out = Plan(sweep, executor, states, todo, presets, params, chunk)
+    if check_cluster:  # all or nothing: every array must be acceptable before the first is submitted
+        for preset, cells in out.groups():
+            ex = make_executor("slurm", params[preset], out.log_folder(cells[0].cfg.runs_dir), sweep.name)
+            check_sbatch(sbatch_script(ex, len(cells)), f"the {preset} array of {len(cells)} cells")
+    return out
+
+
+def check_sbatch(script: str, what: str) -> None:
+    """``sbatch --test-only``: the scheduler checks the request (options, partition, resources) and
+    submits nothing."""
+    proc = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        lines = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip() and "--help" not in l]
+        raise UserError(f"sbatch refuses {what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
 
 
 def submit(p: Plan) -> list[tuple[Cell, str]]:

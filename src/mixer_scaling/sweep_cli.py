@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections import Counter
 
 from rich.console import Console
@@ -57,7 +58,11 @@ def cmd_list(args) -> int:
 def cmd_launch(args) -> int:
     console = Console()
     sweep = load(args.sweep, args.overrides)
-    p = launch.plan(sweep, args.executor, max_array_size=args.max_array_size)
+    # A dry run on a machine without SLURM still shows the grid, the cost and the sbatch script.
+    check_cluster = not (args.dry_run and shutil.which("sbatch") is None)
+    p = launch.plan(sweep, args.executor, max_array_size=args.max_array_size, check_cluster=check_cluster)
+    if not check_cluster and args.executor == "slurm":
+        console.print("no SLURM on this machine: partition, MaxArraySize and sbatch's checks skipped")
     skipped = ", ".join(f"{n} {state}" for state, n in p.skipped.items())
     console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.cells)} cells; {len(p.todo)} to run"
                   + (f" (skipping {skipped})" if skipped else ""))
@@ -69,12 +74,13 @@ def cmd_launch(args) -> int:
         console.print(_grid_table(sweep, p.states, p.presets))
     if args.dry_run:
         for preset, cells in p.groups():
-            if args.executor == "slurm":
+            if args.executor == "slurm" and check_cluster:  # submitit writes the script only where srun exists
                 ex = launch.make_executor("slurm", p.params[preset], p.log_folder(cells[0].cfg.runs_dir), sweep.name)
                 console.print(f"[bold]sbatch script[/] for the {preset} array of {len(cells)} cells:")
                 print(launch.sbatch_script(ex, len(cells)), flush=True)
             else:
-                console.print(f"{preset}: {len(cells)} cells with {p.params[preset]}")
+                console.print(f"[bold]{preset}[/] array of {len(cells)} cells, launcher parameters:")
+                print(json.dumps(p.params[preset], indent=1, sort_keys=True), flush=True)
         console.print("dry run: nothing submitted")
         return 0
     if not p.todo:
