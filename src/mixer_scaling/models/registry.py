@@ -135,19 +135,6 @@ def _make_table() -> dict[str, ModelSpec]:
                 description=f"MLP-Mixer {size[0].upper()}/{patch} (paper Table 1): {depth} layers, C={c}, D_S={ds}, D_C={dc}",
             )
         )
-    for size, kw in CPU_MIXER.items():
-        specs.append(
-            ModelSpec(
-                name=f"mixer/{size}",
-                family="mixer",
-                size=size,
-                patch=kw["patch_size"],
-                image_size=32,
-                kwargs=dict(kw),
-                description=f"MLP-Mixer {size} for 32x32 images (CPU-sized): patch 4, {kw['num_blocks']} layers, "
-                f"C={kw['embed_dim']}, D_S={kw['tokens_mlp_dim']}, D_C={kw['channels_mlp_dim']}",
-            )
-        )
     for width in ("ti", "s", "b", "l", "h"):
         dim, depth, heads = _VIT_DIMS[width]
         for patch in (32, 16, 14):
@@ -164,19 +151,6 @@ def _make_table() -> dict[str, ModelSpec]:
                     description=f"ViT-{_VIT_TIMM_WIDTH[width].capitalize()}/{patch}: {depth} layers, width {dim}, {heads} heads, mlp 4x",
                 )
             )
-    for size, kw in CPU_VIT.items():
-        specs.append(
-            ModelSpec(
-                name=f"vit/{size}",
-                family="vit",
-                size=size,
-                patch=kw["patch_size"],
-                image_size=32,
-                kwargs=dict(kw),
-                description=f"ViT {size} for 32x32 images (CPU-sized): patch 4, {kw['depth']} layers, "
-                f"width {kw['embed_dim']}, {kw['num_heads']} heads, mlp 4x",
-            )
-        )
     for size in _BIT_SIZES:
         depth_str, wf = size[1:].split("x")
         layers = _BIT_LAYERS[int(depth_str)]
@@ -192,20 +166,21 @@ def _make_table() -> dict[str, ModelSpec]:
                 description=f"BiT-R{depth_str}x{wf} (ResNetV2, GroupNorm + weight standardisation), blocks {layers}",
             )
         )
-    for size, kw in CPU_BIT.items():
-        specs.append(
-            ModelSpec(
-                name=f"bit/{size}",
-                family="bit",
-                size=size,
-                patch=None,
-                image_size=32,
-                kwargs=dict(kw),
-                description=f"BiT {size} for 32x32 images (CPU-sized): {len(kw['layers'])} stages of 1 block, "
-                f"widths {tuple(kw['channels'])}, 3x3 stride-2 stem",
-            )
-        )
+    for family, table in (("mixer", CPU_MIXER), ("vit", CPU_VIT), ("bit", CPU_BIT)):
+        for size, kw in table.items():
+            specs.append(ModelSpec(name=f"{family}/{size}", family=family, size=size, patch=kw.get("patch_size"),
+                                   image_size=32, kwargs=dict(kw), description=_cpu_description(family, size, kw)))
     return {s.name: s for s in specs}
+
+
+def _cpu_description(family: str, size: str, kw: Mapping[str, Any]) -> str:
+    what = {
+        "mixer": lambda: f"MLP-Mixer {size}: patch 4, {kw['num_blocks']} layers, C={kw['embed_dim']}, "
+                         f"D_S={kw['tokens_mlp_dim']}, D_C={kw['channels_mlp_dim']}",
+        "vit": lambda: f"ViT {size}: patch 4, {kw['depth']} layers, width {kw['embed_dim']}, {kw['num_heads']} heads, mlp 4x",
+        "bit": lambda: f"BiT {size}: {len(kw['layers'])} stages of 1 block, widths {tuple(kw['channels'])}, 3x3 stride-2 stem",
+    }[family]()
+    return f"{what} (CPU-sized, for 32x32 images)"
 
 
 _REGISTRY: dict[str, ModelSpec] = _make_table()
