@@ -82,3 +82,10 @@ def test_bad_override_through_the_console_script(tmp_path):
 def test_models_cli_rejects_bad_num_classes(tmp_path):
     proc = run_cli(["-m", "mixer_scaling.cli", "models", "--num-classes", "0"], cwd=tmp_path)
     assert proc.returncode == 2 and "--num-classes=0" in proc.stderr
+
+
+def test_hydra_value_flags_are_not_taken_for_overrides(tmp_path, monkeypatch, capsys):
+    """`--config-dir DIR` (and -cn/-cp/-cd) take a value; the precheck must not read it as an override."""
+    from mixer_scaling.config import CONF_DIR, check_overrides
+
+    assert check_overrides(["--config-dir", str(CONF_DIR), "-cn", "config", "seed=3"]) == 1

@@ -163,6 +163,10 @@ LAUNCH_CASES = {
     "other hydra keys": (["smoke", "hydra.sweep.dir=/x"], ["hydra.sweep.dir", "hydra.launcher"]),
     "paper sweep without its data": (["pareto"], ["data.root", "required"]),
     "bad array size": (["smoke", "--executor", "local", "--max-array-size", "0"], ["--max-array-size", "0"]),
+    "batch does not split over tasks": (["smoke", "train.batch_size=63", "hydra.launcher.tasks_per_node=2",
+                                         "--executor", "local"], ["train.batch_size=63", "2 tasks", "multiple of 2"]),
+    "zero mfu": (["smoke", "--executor", "local", "--mfu", "0"], ["--mfu=0", "(0, 1]"]),
+    "zero parallel": (["smoke", "--executor", "local", "--parallel", "0"], ["--parallel=0", ">= 1"]),
 }
 
 
@@ -242,3 +246,62 @@ def test_dry_run_without_slurm_shows_grid_cost_and_launcher_params(tmp_path, mon
         assert f"{preset} array of" in out
     assert '"partition": "gpu"' in out and '"nodes": 2' in out and "dry run: nothing submitted" in out
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cell states: what a relaunch may submit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_cell_queued_by_another_sweep_is_not_submitted_again(tmp_path):
+    """Sweeps share cells (same config, same run id): the queue entry of one protects it from the other."""
+    from mixer_scaling.sweep import Sweep, cell_states
+
+    smoke = load("smoke", [f"runs_dir={tmp_path}"], progress=False)
+    Sweep("other", smoke.cells[:1], []).remember(smoke.cells[:1], ["41_0"], "slurm", tmp_path / "logs")
+    states = {s.cell.run_id: s for s in cell_states(smoke, queue={"41_0": "RUNNING"})}
+    assert states[smoke.cells[0].run_id].state == "running" and states[smoke.cells[1].run_id].state == "new"
+    states = {s.cell.run_id: s for s in cell_states(smoke, queue={})}  # it left the queue without a record
+    assert states[smoke.cells[0].run_id].state == "lost"
+
+
+def test_an_unreadable_queue_stops_a_relaunch(tmp_path, monkeypatch, capsys):
+    from mixer_scaling.sweep import Sweep
+
+    smoke = load("smoke", [f"runs_dir={tmp_path}"], progress=False)
+    Sweep("smoke", smoke.cells, []).remember(smoke.cells, ["42_0", "42_1"], "slurm", tmp_path / "logs")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such-slurm.conf"))  # squeue fails for real
+    before = sorted(tmp_path.rglob("*"))
+    code = cli.main(["sweep", "launch", "smoke", f"runs_dir={tmp_path}", "--executor", "local"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot read the SLURM queue" in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_record_failure_never_overwrites_a_finished_or_resumable_record(tmp_path):
+    from mixer_scaling.config import compose
+    from mixer_scaling.records import RESULT_FILE, atomic_write_json, read_record, record_failure, run_id_of
+
+    cfg = compose([f"runs_dir={tmp_path}"])
+    run_dir = tmp_path / run_id_of(cfg)
+    record_failure(cfg, RuntimeError("before training"))  # no record yet: one is written
+    assert read_record(run_dir)["status"] == "failed" and read_record(run_dir)["error"]["message"] == "before training"
+    for status in ("done", "interrupted", "failed"):
+        atomic_write_json(run_dir / RESULT_FILE, {"status": status})
+        record_failure(cfg, RuntimeError("a peer died after the record was written"))
+        assert read_record(run_dir) == {"status": status}
+    atomic_write_json(run_dir / RESULT_FILE, {"status": "running"})
+    record_failure(cfg, RuntimeError("killed mid-run"))
+    assert read_record(run_dir)["status"] == "failed"
+
+
+def test_status_survives_a_metrics_line_cut_by_a_kill(tmp_path, capsys):
+    from mixer_scaling.records import RESULT_FILE, atomic_write_json
+
+    cell = load("smoke", [f"runs_dir={tmp_path}"], progress=False).cells[0]
+    cell.run_dir.mkdir(parents=True)
+    atomic_write_json(cell.run_dir / RESULT_FILE, {"status": "running", "steps": 8})
+    (cell.run_dir / "metrics.jsonl").write_text('{"step": 2, "train/loss": 4.6}\n{"step": 4, "train/lo')
+    assert cli.main(["sweep", "status", "smoke", f"runs_dir={tmp_path}", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["run_id"] == cell.run_id)
+    assert row["state"] == "running" and row["step"] == 2

@@ -63,7 +63,7 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     sweep = load(DEMO_SWEEP, args.overrides)
     plan = launch.plan(sweep, "local")
-    parallel = args.parallel or launch.default_parallel(plan)
+    parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
     console.print(f"[bold]demo[/]: {len(sweep.cells)} runs (sweeps/{DEMO_SWEEP}.yaml), {len(plan.todo)} to run, "
                   f"{parallel} at a time; finished runs are reused")
 
@@ -74,7 +74,7 @@ def cmd_demo(args) -> int:
                   + (f"  val top-1 {top1:.3f}" if top1 is not None else f"  {(record.get('error') or {}).get('message', '')}"))
 
     launch.run_here(plan, parallel=parallel, on_done=on_done)
-    states = cell_states(sweep, ask_queue=False)
+    states = cell_states(sweep)
     done = [s for s in states if s.state == "done"]
     console.print(f"{len(done)}/{len(states)} runs done in {time.perf_counter() - t0:.0f} s")
     if not done:

@@ -172,7 +172,14 @@ def validate(cfg: DictConfig) -> None:
 def check_overrides(argv: Iterable[str]) -> int:
     """Compose and validate every cell an app's command line would run. Returns the number of cells."""
     args = list(argv)
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides, skip = [], False
+    for a in args:
+        if skip:  # the value of -cn/-cp/-cd/--config-*
+            skip = False
+        elif a in VALUE_FLAGS:
+            skip = True
+        elif not a.startswith("-"):
+            overrides.append(a)
     multirun = any(a in ("-m", "--multirun") for a in args)
     if multirun:
         check_launcher(overrides)
@@ -197,3 +204,4 @@ def check_launcher(overrides: Sequence[str]) -> DictConfig:
 
 
 SUBMITIT_LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local")
+VALUE_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")  # Hydra flags with a value

@@ -38,7 +38,7 @@ from .config import compose
 from .engine import Interrupted
 from .errors import ConfigError, UserError, one_line
 from .records import FAILED, record_failure, run_id_of
-from .sweep import DONE, TO_SUBMIT, Cell, CellState, Sweep, cell_states
+from .sweep import DONE, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
 
 EXECUTORS = ("slurm", "local", "debug")
 # Smallest preset whose bound (forward GFLOPs per image at the run's resolution) covers the model.
@@ -127,7 +127,10 @@ def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str
 def make_executor(executor: str, params: dict, folder: Path, name: str) -> submitit.AutoExecutor:
     params = dict(params)
     init = {"slurm_max_num_timeout": params.pop("max_num_timeout")} if executor == "slurm" else {}
-    ex = submitit.AutoExecutor(folder=folder, cluster=executor, **init)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=executor, **init)
+    except RuntimeError as exc:  # e.g. no srun on this machine
+        raise UserError(f"cannot use the {executor} executor here: {one_line(exc)}") from None
     update = {"name": name}
     for key, value in params.items():
         if value is None or (key == "additional_parameters" and not value):
@@ -168,18 +171,21 @@ def slurm_max_array_size() -> int:
 
 
 def check_partition(partition: str | None) -> None:
+    """Every partition named (sbatch takes a comma-separated list) exists on this cluster."""
     if not partition:
         return
-    proc = subprocess.run(["scontrol", "show", "partition", partition], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        known = _run_slurm(["sinfo", "-h", "-o", "%R"]).split()
-        raise ConfigError(f"hydra.launcher.partition={partition!r} does not exist on this cluster; "
-                          f"partitions: {', '.join(sorted(set(known))) or '(none)'}")
+    known = set(_run_slurm(["sinfo", "-h", "-o", "%R"]).split())
+    missing = [p for p in str(partition).split(",") if p not in known]
+    if missing:
+        raise ConfigError(f"hydra.launcher.partition={partition!r}: {', '.join(missing)} does not exist on this "
+                          f"cluster; partitions: {', '.join(sorted(known)) or '(none)'}")
 
 
 def _run_slurm(cmd: list[str]) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{' '.join(cmd)} did not answer in 60 s: is slurmctld up?") from None
     except FileNotFoundError:
         raise UserError(f"{cmd[0]} not found: --executor slurm needs a SLURM cluster (use --executor local "
                         "to run on this machine)") from None
@@ -223,6 +229,10 @@ def cpu_core_gflops() -> float:
 def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = DEFAULT_MFU,
                   gpu_tflops: float = GPU_PEAK_TFLOPS) -> list[Cost]:
     """GPU-hours (and CPU core-hours for CPU-preset cells) from FLOPs x examples seen."""
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu={mfu} is not allowed; expected a fraction in (0, 1]")
+    if not gpu_tflops > 0:
+        raise ConfigError(f"--gpu-tflops={gpu_tflops} is not allowed; expected a number > 0")
     by_unit: dict[str, float] = {}
     for cell in cells:
         fwd = cell_gflops(cell.cfg.model.name, int(cell.cfg.data.image_size), _num_classes(cell)) * 1e9
@@ -281,12 +291,22 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor={executor!r} is not allowed; choose one of: {', '.join(EXECUTORS)}")
     forced = forced_preset(sweep.launcher_overrides)
-    states = cell_states(sweep, ask_queue=executor == "slurm")
-    # Without a queue to ask, a `running` record is a launch that died with us: run (resume) it again.
+    states = cell_states(sweep)  # asks squeue whenever any cell was ever sent to SLURM
+    unknown = [s for s in states if s.state == UNKNOWN]
+    if unknown:
+        raise UserError(f"cannot read the SLURM queue (squeue failed) while {len(unknown)} cells have SLURM jobs; "
+                        "not submitting, so that no cell runs twice — try again when squeue answers")
+    # A `running` record no queue vouches for is a local launch that died with its launcher: resume it.
     todo = [s.cell for s in states if s.state in TO_SUBMIT or (executor != "slurm" and s.state == "running"
                                                                  and not s.detail)]
     presets = {c.run_id: preset_for(c, forced) for c in sweep.cells}
     params = {p: launcher_params(executor, p, sweep.launcher_overrides) for p in dict.fromkeys(presets.values())}
+    for cell in todo:  # DDP splits the global batch over every task of the job
+        par = params[presets[cell.run_id]]
+        ranks = int(par.get("nodes") or 1) * int(par.get("tasks_per_node") or 1)
+        if executor != "debug" and int(cell.cfg.train.batch_size) % ranks:
+            raise ConfigError(f"train.batch_size={cell.cfg.train.batch_size} does not split over the {ranks} tasks "
+                              f"of resources {presets[cell.run_id]} ({cell.label}); allowed: a multiple of {ranks}")
     chunk = max(1, len(todo))
     check_cluster = check_cluster and executor == "slurm"
     if check_cluster:
@@ -308,7 +328,10 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
 def check_sbatch(script: str, what: str) -> None:
     """``sbatch --test-only``: the scheduler checks the request (options, partition, resources) and
     submits nothing."""
-    proc = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"sbatch --test-only could not check {what}: {one_line(exc)}") from None
     if proc.returncode != 0:
         lines = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip() and "--help" not in l]
         raise UserError(f"sbatch refuses {what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
@@ -345,6 +368,8 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
     A failing cell is recorded and the others go on. Returns (cell, final status)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if parallel < 1:
+        raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
     results: list[tuple[Cell, str]] = []
     queue = list(p.todo)
     running: list[tuple[Cell, object, float]] = []
@@ -362,6 +387,8 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
                     p.sweep.remember([cell], ["debug"], p.executor, Path("-"))
                     try:
                         CellJob()(config)
+                    except Interrupted:  # Ctrl-C: checkpointed and recorded; stop the launch, not just the cell
+                        raise
                     except Exception:
                         pass  # recorded in the cell's result.json; the other cells go on
                     running.append((cell, _Finished(), t0))
@@ -409,7 +436,7 @@ def wait(sweep: Sweep, poll_s: float = 5.0, timeout_s: float | None = None) -> l
             for s in states:
                 counts[s.state] = counts.get(s.state, 0) + 1
             bar.update(task, completed=counts.get(DONE, 0), counts=" ".join(f"{k} {v}" for k, v in counts.items()))
-            if not any(s.state in ("pending", "running") for s in states):
+            if not any(s.state in ("pending", "running", UNKNOWN) for s in states):  # unknown: squeue hiccup
                 return states
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 raise TimeoutError(f"sweep {sweep.name} still has queued cells after {timeout_s:.0f} s")
@@ -419,4 +446,10 @@ def wait(sweep: Sweep, poll_s: float = 5.0, timeout_s: float | None = None) -> l
 def default_parallel(p: Plan) -> int:
     """Local cells at once: the machine's cores over the cores each cell asks for."""
     per_cell = max((int(params.get("cpus_per_task") or 1) for params in p.params.values()), default=1)
-    return max(1, (os.cpu_count() or 1) // per_cell)
+    by_cpu = max(1, (os.cpu_count() or 1) // per_cell)
+    gpus = max((int(params.get("gpus_per_node") or 0) for params in p.params.values()), default=0)
+    if gpus:  # submitit-local shows every job the same GPUs: never more cells than fit on them
+        import torch
+
+        return max(1, min(by_cpu, torch.cuda.device_count() // gpus))
+    return by_cpu

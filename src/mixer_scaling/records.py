@@ -178,17 +178,25 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # blank, or cut by a kill
+                continue
+        return rows
 
 
 def record_failure(cfg: DictConfig, exc: BaseException) -> None:
     """A dispatched run that failed before it wrote a record (e.g. unreadable data) still leaves one, so a
-    sweep never shows it as pending or lost. A record the run already marked failed is kept as it is."""
+    sweep never shows it as pending or lost. Only a missing or ``running`` record is replaced: a done
+    run stays done (e.g. a peer dying after the record was written), an interrupted one resumable, a
+    failed one keeps its own account."""
     import traceback
 
     run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
     previous = read_record(run_dir)
-    if previous and previous.get("status") == FAILED:
+    if previous and previous.get("status") != RUNNING:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

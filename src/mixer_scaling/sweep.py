@@ -30,8 +30,8 @@ SWEEP_GROUP = "sweep"
 MANIFEST_DIR = ".sweeps"
 
 # Cell states, from the run directory and (where there is one) the SLURM queue.
-NEW, PENDING, STALE, LOST = "new", "pending", "stale", "lost"
-CELL_STATES = (NEW, PENDING, RUNNING, INTERRUPTED, STALE, LOST, FAILED, DONE)
+NEW, PENDING, STALE, LOST, UNKNOWN = "new", "pending", "stale", "lost", "unknown"
+CELL_STATES = (NEW, PENDING, RUNNING, INTERRUPTED, STALE, LOST, UNKNOWN, FAILED, DONE)
 # What a (re)launch submits again: everything but finished cells and cells still in the queue.
 TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED)
 
@@ -92,18 +92,21 @@ class Sweep:
         return Path(runs_dir) / MANIFEST_DIR / f"{self.name}.jsonl"
 
     def submissions(self) -> dict[str, dict]:
-        """run_id → its latest submission (job id, executor, time) from the launch manifests."""
+        """run_id → its latest submission (job id, executor, time) from the launch manifests of *every*
+        sweep in the runs directories: sweeps share cells (same config, same run id), and a cell queued
+        by one must not be submitted again by another."""
         latest: dict[str, dict] = {}
+        wanted = {c.run_id for c in self.cells}
         for runs_dir in self.runs_dirs:
-            path = self.manifest_path(runs_dir)
-            if not path.exists():
-                continue
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                latest[entry["run_id"]] = entry
+            for path in sorted((Path(runs_dir) / MANIFEST_DIR).glob("*.jsonl")):
+                for line in path.read_text().splitlines():
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill
+                        continue
+                    run_id = entry.get("run_id")
+                    if run_id in wanted and entry.get("submitted_at", "") >= latest.get(run_id, {}).get("submitted_at", ""):
+                        latest[run_id] = entry
         return latest
 
     def remember(self, cells: Iterable[Cell], job_ids: Iterable[str], executor: str, log_folder: Path) -> None:
@@ -211,12 +214,15 @@ def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bo
         record = cell.record()
         sub = submissions.get(cell.run_id)
         job_id = sub["job_id"] if sub else None
-        queued = queue.get(job_id) if (queue is not None and job_id) else None
+        on_slurm = bool(sub) and sub.get("executor") == "slurm"  # only SLURM job ids are in squeue
+        queued = queue.get(job_id) if (queue is not None and on_slurm) else None
         status = record.get("status") if record else None
         steps = record.get("steps") if record else None
         step = _last_step(cell.run_dir) if record else None
         if status == DONE:
             state, detail = DONE, ""
+        elif on_slurm and queue is None and status not in (FAILED,):
+            state, detail = UNKNOWN, f"job {job_id}: the SLURM queue could not be read"
         elif queued in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "SUSPENDED"):
             state, detail = PENDING, queued.lower()
         elif queued:

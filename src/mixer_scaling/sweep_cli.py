@@ -100,8 +100,8 @@ def cmd_launch(args) -> int:
             colour = STATE_STYLE.get(status, "")
             out.print(f"  [{colour}]{status}[/] {cell.label} ({seconds:.0f} s) → {cell.run_dir}")
 
-        launch.run_here(p, parallel=args.parallel or launch.default_parallel(p), on_done=on_done)
-        states = cell_states(sweep, ask_queue=False)
+        launch.run_here(p, parallel=launch.default_parallel(p) if args.parallel is None else args.parallel, on_done=on_done)
+        states = cell_states(sweep)
     console.print(f"sweep {sweep.name}: {_counts(states)}")
     return 0 if all(s.state == "done" for s in states) else 1
 

@@ -39,7 +39,8 @@ from .tracking import Tracker
 
 log = logging.getLogger("mixer_scaling.train")
 
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun to resume
+EXIT_INTERRUPTED = 75
+RANK_EXIT_GRACE_S = 120  # how long ranks > 0 of a stopped SLURM job wait for rank 0's requeue  # EX_TEMPFAIL: stopped by a signal, checkpoint saved, rerun to resume
 
 
 def seed_everything(seed: int) -> None:
@@ -227,6 +228,10 @@ def _follow(cfg: DictConfig, built: Built, run_dir: Path) -> dict | None:
     except Interrupted as stop:
         distributed.barrier()  # rank 0 records the interruption
         stop.hand_over()  # submitit's handler does nothing on these ranks; requeueing is rank 0's
+        if "SLURM_JOB_ID" in os.environ:
+            # Exiting now could make srun kill rank 0 before it has requeued the job (KillOnBadExit):
+            # wait for SLURM to end this step instead, as submitit does on its non-zero ranks.
+            time.sleep(RANK_EXIT_GRACE_S)
         raise
     distributed.barrier()
     return read_record(run_dir)

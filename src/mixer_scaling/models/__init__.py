@@ -1,4 +1,5 @@
-"""Models: our MLP-Mixer, the registry of every model (Mixer, ViT, BiT) and FLOP/param counts.
+"""Models: our MLP-Mixer, the registry of every model (Mixer, ViT, BiT), FLOP/param counts and
+higher-resolution fine-tuning inits.
 
 Public API::
 
@@ -9,6 +10,10 @@ Public API::
     count_params(model, head=True); forward_flops(name, image_size=None, num_classes=1000)
     mixer_flops(spec, image_size=None, num_classes=1000)
     model_stats(name, num_classes=1000); registry_rows(num_classes=1000)
+    MlpMixer(..., token_groups=1, token_parts=1)                   # untied token mixing; part-major tokens
+    finetune_factor(pretrain_size, finetune_size) -> K
+    expand_token_mixing(mixer, K) -> MlpMixer; expand_state_dict(state_dict, K)   # paper App. C
+    resample_vit_pos_embed(state_dict, vit) -> state_dict           # ViT at another resolution
 """
 
 from mixer_scaling.models.flops import (
@@ -19,7 +24,7 @@ from mixer_scaling.models.flops import (
     model_stats,
     registry_rows,
 )
-from mixer_scaling.models.mixer import MixerBlock, MlpBlock, MlpMixer
+from mixer_scaling.models.mixer import GroupedLinear, MixerBlock, MlpBlock, MlpMixer
 from mixer_scaling.models.registry import (
     FAMILIES,
     ModelSpec,
@@ -30,10 +35,17 @@ from mixer_scaling.models.registry import (
     list_models,
     prelogits,
 )
+from mixer_scaling.models.resolution import (
+    expand_state_dict,
+    expand_token_mixing,
+    finetune_factor,
+    resample_vit_pos_embed,
+)
 
 __all__ = [
     "FAMILIES",
     "STATS_KEYS",
+    "GroupedLinear",
     "MixerBlock",
     "MlpBlock",
     "MlpMixer",
@@ -42,6 +54,9 @@ __all__ = [
     "check_image_size",
     "check_model_cfg",
     "count_params",
+    "expand_state_dict",
+    "expand_token_mixing",
+    "finetune_factor",
     "forward_flops",
     "get_spec",
     "list_models",
@@ -49,4 +64,5 @@ __all__ = [
     "model_stats",
     "prelogits",
     "registry_rows",
+    "resample_vit_pos_embed",
 ]

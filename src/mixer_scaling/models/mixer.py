@@ -21,18 +21,32 @@ Differences from timm worth knowing:
 * The number of tokens is fixed when the model is built, because the token-mixing MLP's weights
   have shape ``(D_S, S)``. Any image size divisible by the patch size can be chosen at
   construction; feeding another size raises ``ValueError``.
+
+Two options that timm lacks, both off by default (then the state dict and outputs are timm's):
+
+* ``token_groups=G`` unties token mixing (paper App. A): the C channels are split into G
+  contiguous groups, each with its own token MLP (``fc1.weight`` becomes ``(G, D_S, S)``).
+  G = C gives every channel its own MLP. FLOPs are unchanged; token-MLP parameters grow G-fold.
+* ``token_parts=K`` orders the tokens part-major: the image is cut into K×K equal parts and each
+  part's tokens are contiguous (row-major within the part, parts row-major). This is the order
+  in which a Mixer pre-trained at 1/K of the resolution is fine-tuned (paper App. C, see
+  :mod:`mixer_scaling.models.resolution`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+import numbers
+from functools import partial
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-__all__ = ["MlpBlock", "MixerBlock", "MlpMixer", "PatchStem", "make_gelu"]
+from mixer_scaling.errors import ConfigError
+
+__all__ = ["GroupedLinear", "MlpBlock", "MixerBlock", "MlpMixer", "PatchStem", "make_gelu"]
 
 GeluKind = Literal["exact", "tanh"]
 GELU_KINDS = ("exact", "tanh")
@@ -48,20 +62,66 @@ def make_gelu(gelu: str) -> nn.GELU:
     raise ValueError(f"gelu={gelu!r} is not supported; allowed: exact, tanh")
 
 
+def is_positive_int(value: Any) -> bool:
+    """True for an integer >= 1 (``bool`` excluded): a count such as ``token_groups`` or K."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+class GroupedLinear(nn.Module):
+    """G independent ``Linear(in, out)`` layers on G contiguous groups of rows.
+
+    Input ``(..., N, in)`` with N divisible by G; rows ``[g·N/G, (g+1)·N/G)`` go through layer g.
+    Weight ``(G, out, in)``, bias ``(G, out)``. One batched einsum (a bmm over the groups), so
+    G = C costs the same FLOPs as a shared ``nn.Linear``.
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int):
+        super().__init__()
+        self.groups = groups
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(groups, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features))
+        _xavier_uniform_grouped_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, n, _ = x.shape
+        x = x.reshape(*lead, self.groups, n // self.groups, self.in_features)
+        y = torch.einsum("...gni,goi->...gno", x, self.weight) + self.bias.unsqueeze(-2)
+        return y.reshape(*lead, n, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+@torch.no_grad()
+def _xavier_uniform_grouped_(weight: torch.Tensor) -> None:
+    """Xavier-uniform for each ``(out, in)`` slice of a ``(G, out, in)`` weight, i.e. what each
+    group's ``nn.Linear`` would get (``nn.init.xavier_uniform_`` would take the fans of a conv)."""
+    fan_out, fan_in = weight.shape[-2:]
+    bound = math.sqrt(3.0) * math.sqrt(2.0 / float(fan_in + fan_out))  # torch's expression, gain 1
+    nn.init.uniform_(weight, -bound, bound)
+
+
 class MlpBlock(nn.Module):
     """Two-layer MLP ``fc2(drop(GELU(fc1(x))))`` applied along the last axis.
 
     Used twice per Mixer layer: on the transposed token axis (``in_features = S``, hidden ``D_S``)
     and on the channel axis (``in_features = C``, hidden ``D_C``). The output has ``in_features``
-    features, so the MLP can sit on a residual branch.
+    features, so the MLP can sit on a residual branch. ``groups > 1`` gives each of that many
+    contiguous groups of rows (dim -2) its own weights (:class:`GroupedLinear`).
     """
 
-    def __init__(self, in_features: int, hidden_features: int, gelu: GeluKind = "exact", drop: float = 0.0):
+    def __init__(
+        self, in_features: int, hidden_features: int, gelu: GeluKind = "exact", drop: float = 0.0, groups: int = 1
+    ):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        linear = nn.Linear if groups == 1 else partial(GroupedLinear, groups)
+        self.fc1 = linear(in_features, hidden_features)
         self.act = make_gelu(gelu)
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = linear(hidden_features, in_features)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +133,9 @@ class MixerBlock(nn.Module):
 
     Input and output are ``(B, S, C)``. The token-mixing MLP runs on a transposed *view*
     ``(B, C, S)`` of the normalised activations (no explicit copy; ``nn.Linear`` handles the
-    strides), so its weights are shared across the C channels; the channel-mixing MLP is shared
-    across the S tokens. ``drop_path`` is the stochastic-depth probability of this block, applied
-    per sample to both residual branches.
+    strides), so its weights are shared across the C channels (or across the channels of each of
+    ``token_groups`` groups); the channel-mixing MLP is shared across the S tokens. ``drop_path``
+    is the stochastic-depth probability of this block, applied per sample to both residual branches.
     """
 
     def __init__(
@@ -87,10 +147,11 @@ class MixerBlock(nn.Module):
         gelu: GeluKind = "exact",
         drop: float = 0.0,
         drop_path: float = 0.0,
+        token_groups: int = 1,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp_tokens = MlpBlock(num_tokens, tokens_mlp_dim, gelu=gelu, drop=drop)
+        self.mlp_tokens = MlpBlock(num_tokens, tokens_mlp_dim, gelu=gelu, drop=drop, groups=token_groups)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp_channels = MlpBlock(dim, channels_mlp_dim, gelu=gelu, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -105,13 +166,15 @@ class PatchStem(nn.Module):
     """Per-patch linear embedding: ``Conv2d(kernel=stride=patch)`` then flatten to ``(B, S, C)``.
 
     Tokens are ordered row-major over the patch grid (``S = (H/P)·(W/P)``), as in timm and the
-    official code.
+    official code; with ``parts = K > 1``, part-major: the grid is cut into K×K equal parts
+    (row-major), each part's tokens contiguous and row-major within it.
     """
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, parts: int = 1):
         super().__init__()
         self.img_size = img_size
         self.patch_size = patch_size
+        self.parts = parts
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -122,7 +185,33 @@ class PatchStem(nn.Module):
                 f"input image size {tuple(x.shape[-2:])} does not match the size this Mixer was built for "
                 f"{self.img_size} (the token count is fixed at construction)"
             )
-        return self.proj(x).flatten(2).transpose(1, 2)
+        x = self.proj(x)
+        if self.parts == 1:
+            return x.flatten(2).transpose(1, 2)
+        b, c, gh, gw = x.shape
+        k = self.parts
+        x = x.reshape(b, c, k, gh // k, k, gw // k).permute(0, 2, 4, 3, 5, 1)  # (B, part row, part col, i, j, C)
+        return x.reshape(b, self.num_patches, c)
+
+
+def check_token_groups(token_groups: Any, embed_dim: int) -> int:
+    """``token_groups`` or :class:`ConfigError`: a positive divisor of ``embed_dim``."""
+    if not is_positive_int(token_groups) or embed_dim % token_groups:
+        raise ConfigError(
+            f"token_groups={token_groups!r} does not divide embed_dim={embed_dim}; allowed: a divisor of "
+            f"{embed_dim} (1 = tied token mixing, {embed_dim} = one token MLP per channel)"
+        )
+    return int(token_groups)
+
+
+def check_token_parts(token_parts: Any, grid_size: tuple[int, int]) -> int:
+    """``token_parts`` or :class:`ConfigError`: a positive integer dividing both sides of the patch grid."""
+    if not is_positive_int(token_parts) or grid_size[0] % token_parts or grid_size[1] % token_parts:
+        raise ConfigError(
+            f"token_parts={token_parts!r} does not divide the patch grid {grid_size[0]}x{grid_size[1]}; "
+            f"allowed: an integer >= 1 dividing both sides"
+        )
+    return int(token_parts)
 
 
 def _to_hw(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -150,9 +239,15 @@ class MlpMixer(nn.Module):
             uses none; kept for experiments.
         drop_path_rate: stochastic depth of the last block; block ``i`` gets
             ``drop_path_rate · i / (num_blocks - 1)``.
+        token_groups: G, the number of channel groups with their own token-mixing MLP; 1 (tied,
+            the paper's Mixer) to ``embed_dim`` (one per channel); must divide ``embed_dim``.
+        token_parts: K; tokens are ordered part-major over K×K parts of the image (1: row-major).
+            Both sides of the patch grid must be divisible by K.
 
     ``forward_features`` returns the pre-logits ``(B, C)`` (final LayerNorm, then mean over
     tokens), which few-shot evaluation uses; ``forward`` returns ``head(dropout(pre-logits))``.
+    ``build_kwargs`` holds the constructor arguments other than ``num_classes``, so a variant
+    (e.g. at another resolution) can be built from a trained model.
     """
 
     def __init__(
@@ -169,6 +264,8 @@ class MlpMixer(nn.Module):
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        token_groups: int = 1,
+        token_parts: int = 1,
     ):
         super().__init__()
         hw = _to_hw(img_size)
@@ -176,13 +273,21 @@ class MlpMixer(nn.Module):
             raise ValueError(f"img_size={hw} is not divisible by patch_size={patch_size}")
         if gelu not in GELU_KINDS:
             raise ValueError(f"gelu={gelu!r} is not supported; allowed: exact, tanh")
+        check_token_groups(token_groups, embed_dim)
+        check_token_parts(token_parts, (hw[0] // patch_size, hw[1] // patch_size))
+        self.build_kwargs: dict[str, Any] = dict(
+            img_size=hw, patch_size=patch_size, num_blocks=num_blocks, embed_dim=embed_dim,
+            tokens_mlp_dim=tokens_mlp_dim, channels_mlp_dim=channels_mlp_dim, in_chans=in_chans, gelu=gelu,
+            drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate,
+            token_groups=token_groups, token_parts=token_parts,
+        )
         self.num_classes = num_classes
         self.img_size = hw
         self.patch_size = patch_size
         self.gelu = gelu
         self.num_features = self.embed_dim = embed_dim
 
-        self.stem = PatchStem(hw, patch_size, in_chans, embed_dim)
+        self.stem = PatchStem(hw, patch_size, in_chans, embed_dim, parts=token_parts)
         self.num_tokens = self.stem.num_patches
         rates = self.drop_path_rates(num_blocks, drop_path_rate)
         self.blocks = nn.Sequential(
@@ -195,6 +300,7 @@ class MlpMixer(nn.Module):
                     gelu=gelu,
                     drop=proj_drop_rate,
                     drop_path=rate,
+                    token_groups=token_groups,
                 )
                 for rate in rates
             ]
@@ -222,8 +328,8 @@ class MlpMixer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm-style init: stem LeCun-normal with zero bias; MLP weights Xavier-uniform with
-        N(0, 1e-6) biases; LayerNorm weight 1, bias 0; head zeros."""
+        """timm-style init: stem LeCun-normal with zero bias; MLP weights Xavier-uniform (per
+        group if untied) with N(0, 1e-6) biases; LayerNorm weight 1, bias 0; head zeros."""
         fan_in = self.stem.proj.in_channels * self.patch_size**2
         # LeCun normal = truncated normal with std sqrt(1/fan_in), corrected for the truncation at 2 std.
         std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
@@ -232,6 +338,9 @@ class MlpMixer(nn.Module):
         for m in self.blocks.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.bias, std=1e-6)
+            elif isinstance(m, GroupedLinear):
+                _xavier_uniform_grouped_(m.weight)
                 nn.init.normal_(m.bias, std=1e-6)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
