@@ -6,6 +6,7 @@
     mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
+    mixer-scaling weights <run> [-o dir]                   a Mixer run's token-mixing weights (paper Fig. 5)
 
 Bad arguments print one line and exit with status 2.
 """
@@ -129,10 +130,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_train)
     from .analysis.cli import register as register_analysis
+    from .analysis.weights import register as register_weights
     from .sweep_cli import register as register_sweep
 
     register_sweep(sub)
     register_analysis(sub)
+    register_weights(sub)
     return p
 
 
