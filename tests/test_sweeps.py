@@ -34,7 +34,7 @@ def models(sweep):
 
 
 def test_every_sweep_file_is_tested_here():
-    assert set(known_sweeps()) == {"demo", "smoke", "data_scaling", "pareto"}
+    assert set(known_sweeps()) == {"demo", "smoke", "data_scaling", "pareto", "permutation"}
     assert sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")) == sorted(known_sweeps())
 
 
@@ -48,6 +48,20 @@ def test_demo_grid():
     assert {c.cfg.study for c in sweep.cells} == {"demo"}
     assert len({c.cfg.train.examples_seen for c in sweep.cells}) == 1  # the paper's constant-steps budget
     assert len({c.run_id for c in sweep.cells}) == 18
+
+
+def test_permutation_grid_is_fig4():
+    sweep = load("permutation", progress=False)
+    assert len(sweep.cells) == 6
+    assert Counter((c.cfg.model.name, c.cfg.data.permutation) for c in sweep.cells) == {
+        (m, p): 1 for m in ("mixer/tiny", "bit/tiny") for p in (None, "patch_pixel", "global")}
+    assert {c.cfg.data.name for c in sweep.cells} == {"synthetic"}
+    assert {c.cfg.study for c in sweep.cells} == {"permutation"}
+    assert {c.cfg.data.permutation_patch for c in sweep.cells} == {4}  # BiT has no patch; mixer/tiny's is 4
+    assert len({c.cfg.train.examples_seen for c in sweep.cells}) == 1
+    assert {c.cfg.train.examples_seen for c in sweep.cells} == {9600}  # the demo's budget on the cpu recipe
+    assert len({c.run_id for c in sweep.cells}) == 6
+    assert "digits" in {d for c in sweep.cells for d in c.cfg.fewshot.datasets}
 
 
 def test_smoke_grid_is_the_smallest_real_grid():
@@ -151,7 +165,7 @@ def test_launcher_overrides_reach_the_params():
 # ---------------------------------------------------------------------------------------------
 
 LAUNCH_CASES = {
-    "unknown sweep": (["nope"], ["sweep 'nope'", "demo, pareto, smoke"]),
+    "unknown sweep": (["nope"], ["sweep 'nope'", "demo, pareto, permutation, smoke"]),
     "empty grid": (["smoke", "seed=range(0,0)"], ["seed=range(0,0)", "empty"]),
     "invalid override": (["smoke", "train.lr=="], ["invalid override"]),
     "bad value in one cell": (["smoke", "data.fraction=0.5,7"], ["data.fraction", "7", "(0, 1]"]),

@@ -163,6 +163,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
     check_model_cfg(cfg.model, image_size=cfg.data.image_size)
     validate_data_cfg(cfg.data)
+    if cfg.data.get("permutation") == "patch_pixel" and cfg.data.get("permutation_patch") is None:
+        from .models import get_spec
+
+        if get_spec(cfg.model.name).patch is None:
+            raise ConfigError(f"data.permutation=patch_pixel with model={cfg.model.name}: the model has no patch size; "
+                              f"set data.permutation_patch (an integer dividing data.image_size={cfg.data.image_size})")
     check_train_cfg(cfg.train)
     resolve_mode(cfg.wandb.mode)
     if str(cfg.device) not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(cfg.device)):

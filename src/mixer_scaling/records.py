@@ -70,7 +70,12 @@ def _drop(tree: Any, ignore: Iterable[str], prefix: str = "") -> Any:
 def identity(cfg: DictConfig | Mapping) -> dict:
     """The part of the resolved config that defines the experiment."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return _drop(tree, IDENTITY_IGNORE)
+    tree = _drop(tree, IDENTITY_IGNORE)
+    data = tree.get("data")
+    if isinstance(data, dict) and data.get("permutation") is None:
+        # Unpermuted runs keep the ids they had before the data.permutation* keys existed.
+        tree["data"] = {k: v for k, v in data.items() if not k.startswith("permutation")}
+    return tree
 
 
 def run_id_of(cfg: DictConfig | Mapping, length: int = 10) -> str:

@@ -172,6 +172,8 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
         "status": rec.get("status"),
         "study": rec.get("study"),
         "run_dir": str(run_dir) if run_dir is not None else rec.get("run_dir"),
+        # data.permutation of the run (paper Fig. 4); runs without one saw the original images
+        "permutation": ((rec.get("config") or {}).get("data") or {}).get("permutation") or "original",
     }
     row["pretrain_flops"] = pretrain_flops(row["flops_per_image"], row["examples_seen"])
     if math.isnan(row["epochs"]) and _num(row["train_size"]) > 0:

@@ -3,6 +3,9 @@
     validate_data_cfg(cfg.data)   # cheap checks of the keys (only directory existence is looked at)
     build_data(cfg.data)          # -> DataBundle: nested train subset (data.fraction), val, sizes, collate
 
+``data.permutation`` (``patch_pixel`` / ``global``, see :mod:`.permute`) rearranges the pixels of the
+train and val images, after the rest of the pipeline (augmentation included).
+
 Bad input raises :class:`ConfigError` / :class:`DataError` with one line naming the key, the value and
 what is allowed, before anything is created (nothing here writes files; torchvision's CIFAR download
 runs only when ``data.download`` is true).
@@ -20,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import ConfigError, DataError
+from .permute import check_permutation_cfg, from_data_cfg, permuted
 from .synthetic import NUM_COMBOS, SyntheticImages
 
 NAMES = ("synthetic", "imagefolder", "cifar10", "cifar100")
@@ -135,7 +139,8 @@ def validate_data_cfg(cfg: Mapping) -> None:
     if name not in NAMES:
         raise ConfigError(f"data.name={name!r} is not allowed; choose one of: {', '.join(NAMES)}")
     fraction = check_fraction(cfg.get("fraction"))
-    _int_key(cfg, "image_size", 4)
+    image_size = _int_key(cfg, "image_size", 4)
+    check_permutation_cfg(cfg, image_size)
     if "num_workers" in cfg:
         _int_key(cfg, "num_workers", 0)
     if "seed" in cfg:
@@ -187,10 +192,21 @@ def nested_subset(ds: Dataset, fraction: float, seed: int) -> Dataset:
     return Subset(ds, order[:n].tolist())
 
 
-def build_data(cfg: Mapping) -> DataBundle:
-    """Build the ``data`` group's training subset and validation set (see :class:`DataBundle`)."""
+def build_data(cfg: Mapping, model_patch: int | None = None) -> DataBundle:
+    """Build the ``data`` group's training subset and validation set (see :class:`DataBundle`).
+
+    ``model_patch``: what ``data.permutation_patch: null`` means (the model's patch size); by default
+    read from ``model.name`` when ``cfg`` is the ``data`` node of a whole run config."""
     validate_data_cfg(cfg)
-    cfg = plain(cfg)
+    index = from_data_cfg(cfg, model_patch=model_patch)
+    bundle = _build(plain(cfg))
+    if index is not None:
+        kind = plain(cfg)["permutation"]
+        bundle.train, bundle.val = permuted(bundle.train, index, kind), permuted(bundle.val, index, kind)
+    return bundle
+
+
+def _build(cfg: dict) -> DataBundle:
     name, image_size, fraction = cfg["name"], int(cfg["image_size"]), float(cfg["fraction"])
     seed = int(cfg.get("seed", 0))
     if name == "synthetic":

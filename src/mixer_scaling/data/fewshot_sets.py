@@ -11,7 +11,8 @@
 * ``imagefolder``: ``fewshot.root/train`` is the pool, ``fewshot.root/val`` the test set.
 
 Items are (float32 3xSxS in [-1, 1], int label) like the pre-training sets, without augmentation;
-pass ``FewshotSet.collate_fn`` to the DataLoader.
+pass ``FewshotSet.collate_fn`` to the DataLoader. A ``data.permutation`` of the pre-training ``data``
+group rearranges the pixels of these sets too (the same fixed permutation, :mod:`.permute`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .build import MAX_SYNTHETIC_CLASSES, _is_int, passthrough, plain
+from .permute import from_data_cfg, permuted
 from .synthetic import SyntheticImages
 
 NAMES = ("digits", "synthetic_heldout", "cifar10", "cifar100", "imagefolder")
@@ -143,9 +145,11 @@ def _check_fewshot_cfg(fcfg: Mapping) -> tuple[list[str], list[int]]:
     return list(names), list(shots)
 
 
-def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping | None = None) -> dict[str, FewshotSet]:
+def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping | None = None,
+                       model_patch: int | None = None) -> dict[str, FewshotSet]:
     """``{name: FewshotSet}`` for ``fewshot.datasets`` at ``image_size``; ``data_cfg`` (the pre-training
-    ``data`` group) places the held-out synthetic classes after the pre-training ones."""
+    ``data`` group) places the held-out synthetic classes after the pre-training ones, and its
+    ``data.permutation`` is applied to every set (``model_patch`` as in :func:`build_data`)."""
     fcfg = plain(cfg_fewshot)
     names, shots = _check_fewshot_cfg(fcfg)
     if not _is_int(image_size) or image_size < 4:
@@ -165,6 +169,11 @@ def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping 
                 f"fewshot.shots={shots}: {name} has only {counts.min()} pool images in some class; "
                 f"allowed: shots <= {counts.min()}"
             )
+    index = from_data_cfg(data_cfg, image_size, model_patch) if data_cfg is not None else None
+    if index is not None:
+        kind = plain(data_cfg)["permutation"]
+        for fs in sets.values():
+            fs.train, fs.test = permuted(fs.train, index, kind), permuted(fs.test, index, kind)
     return sets
 
 
