@@ -252,3 +252,18 @@ def test_render_permutation_writes_png_pdf_csv(tmp_path):
     assert (table["n"] == 2).all() and (table["std"] > 0).all()
     top1 = render_permutation(df, tmp_path / "top1", metric="val_top1")
     assert set(pd.read_csv(top1[-1])["metric"]) == {"val_top1"}
+
+
+def test_figures_command_adds_the_permutation_bars_when_runs_vary_it(tmp_path, capsys):
+    from mixer_scaling import cli
+    from mixer_scaling.analysis.results import synthetic_records, write_records
+
+    records = synthetic_records(60, seed=0)
+    for i, rec in enumerate(records):
+        rec.setdefault("config", {}).setdefault("data", {})["permutation"] = [None, "patch_pixel", "global"][i % 3]
+    write_records(records, tmp_path / "runs")
+    assert cli.main(["figures", str(tmp_path / "runs"), "-o", str(tmp_path / "figs"), "--boot", "10"]) == 0
+    assert (tmp_path / "figs" / "permutation.png").exists() and "permutation.csv" in capsys.readouterr().out
+    write_records(synthetic_records(20, seed=1), tmp_path / "plain")  # no permutation axis: no bars
+    assert cli.main(["figures", str(tmp_path / "plain"), "-o", str(tmp_path / "plain_figs"), "--boot", "10"]) == 0
+    assert not (tmp_path / "plain_figs" / "permutation.png").exists()

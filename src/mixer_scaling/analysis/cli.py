@@ -73,6 +73,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
         out = figures.render(df, args.output, metric=args.metric, k=args.k, dataset=args.dataset,
                              compute=args.compute or "flops", overlay_paper=args.overlay_paper,
                              summary=summary, **common)
+        if "permutation" in df.columns and df.loc[df.status == "done", "permutation"].nunique() > 1:
+            from .permutation import render_permutation  # Fig. 4, when the runs vary data.permutation
+
+            out.files.extend(render_permutation(df, args.output, metric=args.metric))
     print(f"figures in {out.out_dir}:")
     for f in out.files:
         print(f"  {f}")
