@@ -192,7 +192,8 @@ def test_bad_partition_and_array_limit(idle_slurm_cluster, tmp_path, monkeypatch
                 "hydra.launcher.partition=nosuch"])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "hydra.launcher.partition='nosuch' does not exist" in lines[0] and idle_slurm_cluster.partition in lines[0]
+    assert "hydra.launcher.partition='nosuch': nosuch does not exist" in lines[0], lines[0]
+    assert f"partitions: {idle_slurm_cluster.partition}" in lines[0]
     assert not runs.exists() and not idle_slurm_cluster.squeue()
 
     # sbatch refusing the request (checked with --test-only first): its reason, in one line, nothing queued
