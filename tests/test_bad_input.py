@@ -21,7 +21,7 @@ CASES = {
     "examples_seen negative": (["train.examples_seen=-5"], ["train.examples_seen", "-5", "> 0"]),
     "unknown wandb mode": (["wandb.mode=sometimes"], ["wandb.mode", "sometimes", "offline"]),
     "unknown key": (["train.lr_peak=3"], ["train.lr_peak", "keys under train", "lr"]),
-    "unknown recipe": (["train=jft300m"], ["train=", "jft300m", "cpu, imagenet, jft"]),
+    "unknown recipe": (["train=jft300m"], ["train=", "jft300m", "cpu, finetune, imagenet, jft"]),
     "sweep value unknown": (["-m", "model=mixer/tiny,mixer/b99"], ["model=", "mixer/b99"]),
 }
 

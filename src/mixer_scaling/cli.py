@@ -3,6 +3,7 @@
     mixer-scaling models [--json] [--num-classes N]   the model registry with params and GFLOPs
     mixer-scaling demo [overrides...]                 the demo sweep on this machine, then its figures
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
+    mixer-scaling finetune parent=<run> [overrides]   fine-tune a run (python -m mixer_scaling.finetune)
     mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
@@ -114,6 +115,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .finetune import main as finetune_main
+
+    sys.argv = ["mixer_scaling.finetune", *args.overrides]
+    finetune_main()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixer-scaling", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,6 +138,10 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one run (Hydra overrides), as python -m mixer_scaling.train", add_help=False)
     t.add_argument("overrides", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_train)
+    ft = sub.add_parser("finetune", help="fine-tune a pre-trained run (parent=<run dir or id>), as "
+                        "python -m mixer_scaling.finetune", add_help=False)
+    ft.add_argument("overrides", nargs=argparse.REMAINDER)
+    ft.set_defaults(fn=cmd_finetune)
     from .analysis.cli import register as register_analysis
     from .analysis.weights import register as register_weights
     from .sweep_cli import register as register_sweep

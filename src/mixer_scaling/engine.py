@@ -53,6 +53,8 @@ def check_train_cfg(t: Mapping) -> None:
     need(t.get("schedule") in SCHEDULES, "schedule", f"choose one of: {', '.join(SCHEDULES)}")
     need(isinstance(t.get("warmup_steps"), int) and t.get("warmup_steps") >= 0, "warmup_steps", "expected an integer >= 0")
     need(t.get("weight_decay", 0) >= 0, "weight_decay", "expected a number >= 0")
+    need(t.get("momentum") is None or (isinstance(t.get("momentum"), (int, float)) and 0 <= t.get("momentum") < 1),
+         "momentum", "expected a number in [0, 1) or null (sgd, momentum only; timm's default 0.9)")
     need(t.get("grad_clip") is None or t.get("grad_clip") > 0, "grad_clip", "expected a number > 0 or null")
     need(0 <= t.get("mixup", 0) <= 10, "mixup", "expected a Beta alpha >= 0 (0 turns mixup off)")
     need(0 <= t.get("label_smoothing", 0) < 1, "label_smoothing", "expected a number in [0, 1)")
@@ -62,6 +64,8 @@ def check_train_cfg(t: Mapping) -> None:
 
 def build_optimizer(model: torch.nn.Module, t: Mapping) -> torch.optim.Optimizer:
     kw = {"betas": tuple(t.betas)} if t.optimizer in ("adam", "adamw", "lamb", "lion") else {}
+    if t.optimizer in ("sgd", "momentum") and t.get("momentum") is not None:  # unset: timm's 0.9
+        kw["momentum"] = float(t.momentum)
     # timm leaves biases and norm parameters out of weight decay, as big_vision's recipes do.
     return create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, **kw)
 

@@ -15,8 +15,9 @@ import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -66,6 +67,7 @@ class Built:
     data: object
     fewshot_sets: dict
     device: torch.device
+    extra: dict = field(default_factory=dict)  # record fields a variant adds or replaces (a fine-tune: its parent)
 
 
 def build(cfg: DictConfig, device: torch.device) -> Built:
@@ -108,6 +110,7 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
         "world_size": distributed.world_size(),
         "versions": {"mixer_scaling": __version__, "torch": torch.__version__,
                      "timm": __import__("timm").__version__, "python": platform.python_version()},
+        **built.extra,
     }
 
 
@@ -118,14 +121,17 @@ def evaluate(cfg: DictConfig, built: Built) -> tuple[dict, dict]:
     val_loader = ordered_loader(data.val, cfg.eval.batch_size, data.collate_fn)
     metrics = {"val_top1": top1(model, val_loader, device, bf16)}
     metrics["fewshot"] = evaluate_fewshot(model, built.fewshot_sets, cfg.fewshot, device,
-                                          batch_size=cfg.eval.batch_size, bf16=bf16)
+                                          batch_size=cfg.eval.batch_size, bf16=bf16) if built.fewshot_sets else {}
     throughput = inference_throughput(model, data.image_size, device, cfg.eval.throughput_batch_sizes,
                                       repeats=cfg.eval.throughput_repeats, bf16=bf16)
     return metrics, throughput
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] = build) -> dict:
     """Train and evaluate one config, resuming or skipping as its run directory says. Returns the record.
+
+    ``build_fn`` makes what is trained (default :func:`build`; a fine-tune loads its parent's weights,
+    see :mod:`.finetune`); it runs on every rank, before the run directory exists.
 
     Started as several processes (the tasks of a SLURM job, torchrun) it trains data parallel: rank 0
     writes the run directory, evaluates and returns the record; the other ranks train their share, wait
@@ -145,7 +151,7 @@ def run(cfg: DictConfig) -> dict:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not allowed; expected a multiple of "
                               f"the {ranks} data-parallel ranks")
         with distributed.main_first():  # a data set with download=true is fetched once, not once per rank
-            built = build(cfg, device)
+            built = build_fn(cfg, device)
         if distributed.is_main():
             return _lead(cfg, built, run_id, run_dir)
         return _follow(cfg, built, run_dir)
@@ -174,7 +180,8 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
              static["dataset"], static["fraction"], static["examples_seen"], static["epochs"], run_dir)
 
     tracker = Tracker.start(cfg.wandb, run_id=run_id, run_dir=run_dir, config=static["config"],
-                            name=f"{static['family']}-{static['size']}-f{static['fraction']:g}-s{cfg.seed}",
+                            name=f"{'ft-' if static.get('parent_run_id') else ''}"
+                                 f"{static['family']}-{static['size']}-f{static['fraction']:g}-s{cfg.seed}",
                             tags=[static["family"], static["size"], f"fraction={static['fraction']:g}"])
     record.update(wandb=tracker.info)
     metrics_log = MetricsLog(run_dir)

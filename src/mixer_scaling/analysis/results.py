@@ -84,6 +84,7 @@ class Summary:
     running: int = 0
     interrupted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    finetunes: int = 0  # fine-tune records (result.json with a parent_run_id): not pre-training results
 
     @property
     def total(self) -> int:
@@ -96,7 +97,8 @@ class Summary:
     def line(self) -> str:
         return (f"{self.total} runs: {self.done} done, {self.failed} failed, "
                 f"{self.running + self.interrupted} running/interrupted, "
-                f"{len(self.skipped)} unreadable records skipped")
+                f"{len(self.skipped)} unreadable records skipped"
+                + (f"; {self.finetunes} fine-tune records left out" if self.finetunes else ""))
 
     def __str__(self) -> str:
         return self.line
@@ -276,8 +278,14 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.
             summary.skipped.append((str(path), why))
             log.warning("skipping %s: %s", path, why)
             continue
+        if rec.get("parent_run_id"):  # a fine-tune: its metrics are downstream, not pre-training results
+            summary.finetunes += 1
+            continue
         summary.count(rec["status"])
         rows.append(row_from_record(rec, path.parent))
+    if not rows:
+        raise UserError(f"no pre-training records under {', '.join(str(r) for r in roots)} "
+                        f"({summary.finetunes} fine-tune records, {len(summary.skipped)} unreadable)")
     df = to_frame(rows)
     return df.sort_values(["family", "model", "fraction", "seed", "run_id"], na_position="last",
                           kind="stable").reset_index(drop=True), summary
