@@ -126,3 +126,35 @@ def test_bad_group_count_is_a_one_line_config_error(groups):
     msg = str(exc.value)
     assert "\n" not in msg
     assert f"token_groups={groups!r}" in msg and "embed_dim=16" in msg and "allowed: a divisor of 16" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the config: model.token_groups=G in any run or sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def test_token_groups_from_the_config_build_an_untied_mixer_with_its_own_run_id():
+    from mixer_scaling.config import compose, validate
+    from mixer_scaling.models import build_model, count_params
+    from mixer_scaling.records import identity, run_id_of
+
+    tied_cfg, untied_cfg = compose(["model=mixer/tiny"]), compose(["model=mixer/tiny", "model.token_groups=4"])
+    validate(untied_cfg)
+    tied, untied = (build_model(c.model, num_classes=10, image_size=32) for c in (tied_cfg, untied_cfg))
+    s, d_s, layers = 64, 64, 4  # tiny at 32px: 8x8 tokens, D_S 64, 4 blocks
+    assert count_params(untied) - count_params(tied) == layers * 3 * (2 * s * d_s + d_s + s)
+    assert run_id_of(untied_cfg) != run_id_of(tied_cfg)
+    assert "token_groups" not in identity(tied_cfg)["model"]  # tied runs keep their earlier ids
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["model=mixer/tiny", "model.token_groups=3"], "model.token_groups=3"),
+    (["model=mixer/tiny", "model.token_groups=0"], "divisor of the 128 channels"),
+    (["model=bit/tiny", "+model.token_groups=2"], "mixer models only"),
+])
+def test_bad_token_groups_are_one_line(overrides, needle):
+    from mixer_scaling.config import compose, validate
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose(overrides))
+    assert needle in str(info.value) and "\n" not in str(info.value)

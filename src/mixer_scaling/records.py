@@ -55,6 +55,14 @@ IDENTITY_IGNORE = (
 )
 
 
+# Options added after runs existed, with the value that means "not used": at that value the option
+# (and its companion keys sharing the prefix, e.g. data.permutation_seed) is left out of the identity.
+NEUTRAL_OPTIONS = (
+    ("data", "permutation", None),
+    ("model", "token_groups", 1),
+)
+
+
 def _drop(tree: Any, ignore: Iterable[str], prefix: str = "") -> Any:
     if not isinstance(tree, dict):
         return tree
@@ -71,10 +79,11 @@ def identity(cfg: DictConfig | Mapping) -> dict:
     """The part of the resolved config that defines the experiment."""
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     tree = _drop(tree, IDENTITY_IGNORE)
-    data = tree.get("data")
-    if isinstance(data, dict) and data.get("permutation") is None:
-        # Unpermuted runs keep the ids they had before the data.permutation* keys existed.
-        tree["data"] = {k: v for k, v in data.items() if not k.startswith("permutation")}
+    for group, key, neutral in NEUTRAL_OPTIONS:
+        node = tree.get(group)
+        if isinstance(node, dict) and node.get(key, neutral) == neutral:
+            # Runs that do not use an option keep the ids they had before the option existed.
+            tree[group] = {k: v for k, v in node.items() if not k.startswith(key)}
     return tree
 
 

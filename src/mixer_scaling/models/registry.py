@@ -204,13 +204,15 @@ def get_spec(name: str) -> ModelSpec:
 # ----------------------------------------------------------------------------------------------
 
 
-def _build_mixer(spec: ModelSpec, num_classes: int, image_size: int, *, gelu: str, drop_rate: float, drop_path_rate: float) -> nn.Module:
+def _build_mixer(spec: ModelSpec, num_classes: int, image_size: int, *, gelu: str, drop_rate: float,
+                 drop_path_rate: float, token_groups: int = 1) -> nn.Module:
     return MlpMixer(
         num_classes=num_classes,
         img_size=image_size,
         gelu=gelu,
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
+        token_groups=token_groups,
         **spec.kwargs,
     )
 
@@ -310,7 +312,8 @@ def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
     Keys: ``name`` (required, e.g. ``'mixer/b16'``); optional ``gelu`` (mixer only, ``'exact'``
     default or ``'tanh'``), ``drop_rate`` (dropout before the head, default 0),
     ``drop_path_rate`` (stochastic depth, default 0; linear over blocks for Mixer and ViT,
-    over stages for BiT as timm does). If present, ``family`` and ``size`` must agree with
+    over stages for BiT as timm does), ``token_groups`` (mixer only: 1 tied, the default; G
+    unties token mixing into G channel groups, paper App. A). If present, ``family`` and ``size`` must agree with
     ``name``; ``image_size`` in ``cfg`` is ignored (pass ``data.image_size`` as ``image_size``;
     ``None`` uses the spec's default). Weights are randomly initialised (never pretrained).
 
@@ -340,8 +343,17 @@ def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
         if not isinstance(gelu, str) or gelu not in GELU_KINDS:
             raise ConfigError(f"model.gelu={gelu!r} is not allowed; allowed: {', '.join(GELU_KINDS)}")
         kwargs["gelu"] = gelu
-    elif gelu is not None:
-        raise ConfigError(f"model.gelu={gelu!r} applies to mixer models only; model.name={name!r} takes no gelu")
+        groups = _get(cfg, "token_groups", 1)
+        width = spec.kwargs["embed_dim"]
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1 or width % groups:
+            raise ConfigError(f"model.token_groups={groups!r} is not allowed; allowed: a divisor of the {width} "
+                              f"channels of {name} (1 = tied, the paper's Mixer; {width} = one per channel)")
+        kwargs["token_groups"] = int(groups)
+    else:
+        if gelu is not None:
+            raise ConfigError(f"model.gelu={gelu!r} applies to mixer models only; model.name={name!r} takes no gelu")
+        if _get(cfg, "token_groups", 1) != 1:
+            raise ConfigError(f"model.token_groups applies to mixer models only; model.name={name!r} has no token mixing MLP")
     return spec, image_size, kwargs
 
 
@@ -353,6 +365,7 @@ def build_from_spec(
     gelu: str = "exact",
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    token_groups: int = 1,
 ) -> nn.Module:
     """Build ``spec`` without validating the arguments (:func:`build_model` validates, then calls
     this). Also builds specs that are not in the table, e.g. a depth-reduced copy made with
@@ -360,7 +373,7 @@ def build_from_spec(
     image_size = spec.image_size if image_size is None else image_size
     kwargs: dict[str, Any] = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     if spec.family == "mixer":
-        kwargs["gelu"] = gelu
+        kwargs.update(gelu=gelu, token_groups=token_groups)
     return _BUILDERS[spec.family](spec, num_classes, image_size, **kwargs)
 
 
