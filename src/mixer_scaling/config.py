@@ -34,12 +34,14 @@ def group_options(group: str) -> list[str]:
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 
 
-def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bool = True) -> DictConfig:
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bool = True,
+            config_name: str = PRIMARY) -> DictConfig:
     """The run config for ``overrides`` (no Hydra app, nothing written). Raises ConfigError.
 
     ``with_hydra`` keeps ``hydra.*`` overrides and returns the ``hydra`` node too (its launcher and
     sweeper settings; left unresolved, since parts of it only resolve inside a running app).
     ``resolve=False`` skips resolving the rest (a sweep's base config may only resolve per cell).
+    ``config_name`` picks another primary config of ``conf/`` (the fine-tune app's ``finetune``).
     """
     if not with_hydra:  # resources presets fill hydra.launcher too: neither changes the run config
         overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "resources="))]
@@ -48,7 +50,7 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bo
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=PRIMARY, overrides=list(overrides), return_hydra_config=with_hydra)
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
     except UserError:
         raise
     except Exception as exc:

@@ -26,28 +26,21 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, records
-from .config import CONF_DIR, VALUE_FLAGS, _check_group_choice, _explain, expand, validate
+from .config import CONF_DIR, VALUE_FLAGS, compose, expand, validate
 from .data import build_data
-from .engine import Interrupted
-from .errors import EXIT_USAGE, ConfigError, UserError, one_line
+from .errors import ConfigError, UserError, one_line
 from .models import build_model, expand_token_mixing, finetune_factor, forward_flops, get_spec, resample_vit_pos_embed
-from .records import DONE, record_failure
-from .train import EXIT_INTERRUPTED, HYDRA_INFO_FLAGS, Built, run, seed_everything
+from .records import DONE
+from .train import Built, app_body, guarded_main, run, seed_everything
 
 log = logging.getLogger("mixer_scaling.finetune")
 
@@ -78,19 +71,7 @@ class Plan:
 def compose_finetune(overrides=()) -> DictConfig:
     """The fine-tune app's config for ``overrides``, unresolved (the model comes from the parent, see
     :func:`prepare`). No Hydra app runs and nothing is written. Raises ConfigError."""
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "resources="))]
-    for o in overrides:
-        _check_group_choice(o)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise ConfigError(_explain(exc)) from None
-    finally:
-        GlobalHydra.instance().clear()
+    return compose(overrides, resolve=False, config_name=CONFIG_NAME)
 
 
 def find_parent(ref: str, runs_dir: str) -> Parent:
@@ -259,37 +240,17 @@ def check_overrides(argv) -> int:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 def _app(cfg: DictConfig) -> None:
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # as train._app: raise, the cell's record says why
-        plan = None
-        try:
-            plan = prepare(cfg)
-            run(plan.cfg, build_fn=partial(build_finetune, plan=plan))
-        except Interrupted:
-            raise
-        except Exception as exc:
-            if plan is not None:
-                record_failure(plan.cfg, exc)
-            raise
-        return
-    try:
-        run_finetune(cfg)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except Interrupted as stop:
-        print(f"interrupted: {stop}; rerun the same command to resume", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    prepared: list[Plan] = []  # a failure before prepare() has no run directory to record it in
+
+    def job() -> None:
+        prepared.append(prepare(cfg))
+        run(prepared[0].cfg, build_fn=partial(build_finetune, plan=prepared[0]))  # = run_finetune(cfg)
+
+    app_body(job, lambda: prepared[0].cfg if prepared else None)
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if not HYDRA_INFO_FLAGS.intersection(args):
-        try:
-            check_overrides(args)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
-    _app()
+    guarded_main(_app, check_overrides)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

@@ -271,21 +271,24 @@ def _flat_summary(fields: dict) -> dict:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
-def _app(cfg: DictConfig) -> None:
+def app_body(job: Callable[[], object], config_of_failure: Callable[[], DictConfig | None]) -> None:
+    """What a Hydra app does with its run ``job``. In a multirun a cell raises rather than exits, so Hydra
+    records it as failed and goes on with the other cells (failing the sweep at the end), and its
+    result.json says why even if it failed before training. A single run turns bad input into one line
+    and exit 2, a stop signal into exit 75."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        # Raise, do not exit: Hydra records the cell as failed and goes on with the other cells, then
-        # fails the sweep at the end; the cell's result.json says why, even if it failed before training.
         try:
-            run(cfg)
+            job()
         except Interrupted:  # checkpointed and recorded as interrupted: it resumes, it did not fail
             raise
         except Exception as exc:
-            record_failure(cfg, exc)
+            cfg = config_of_failure()
+            if cfg is not None:
+                record_failure(cfg, exc)
             raise
         return
     try:
-        run(cfg)
+        job()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -294,19 +297,30 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
+def _app(cfg: DictConfig) -> None:
+    app_body(lambda: run(cfg), lambda: cfg)
+
+
 HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                     "--version", "--resolve", "-p", "--package"}
 
 
-def main() -> None:
+def guarded_main(app, check) -> None:
+    """Run a Hydra ``app`` after ``check`` has composed and validated its command line: bad input is one
+    line and exit 2 before Hydra creates anything (Hydra's own info flags go straight through)."""
     args = sys.argv[1:]
     if not HYDRA_INFO_FLAGS.intersection(args):
         try:
-            check_overrides(args)
+            check(args)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
-    _app()
+    app()
+
+
+def main() -> None:
+    guarded_main(_app, check_overrides)
 
 
 if __name__ == "__main__":
