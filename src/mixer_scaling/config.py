@@ -115,12 +115,8 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
     command line replaces a sweep config's axis), and ``choice``/``range``/``glob`` sweeps expand
     (``glob`` over the options of a config group). An axis with no values is an error, not an empty grid.
     """
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception as exc:
-        raise ConfigError(f"invalid override: {one_line(exc)}") from None
     axes: dict[str, list[str]] = {}
-    for o in parsed:
+    for o in _parse(overrides):
         key = o.get_key_element()
         if o.is_sweep_override():
             if o.value_type == ValueType.GLOB_CHOICE_SWEEP:
@@ -138,15 +134,22 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
     return [list(cell) for cell in itertools.product(*axes.values())]
 
 
+def _parse(overrides: Sequence[str]):
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:
+        raise ConfigError(f"invalid override: {one_line(exc)}") from None
+
+
+def fixed_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that are not sweeps: what every cell of a multirun shares."""
+    return [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
+
+
 def grid(overrides: Sequence[str]) -> list[list[str]]:
     """The cells of a multirun: the sweep config's ``hydra.sweeper.params`` (``+sweep=<name>``), then
     the command line's sweeps and values, expanded the way Hydra's basic sweeper does."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception as exc:
-        raise ConfigError(f"invalid override: {one_line(exc)}") from None
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    params = compose(fixed, with_hydra=True, resolve=False).hydra.sweeper.get("params") or {}
+    params = compose(fixed_overrides(overrides), with_hydra=True, resolve=False).hydra.sweeper.get("params") or {}
     return expand([*(f"{k}={v}" for k, v in params.items()), *overrides])
 
 
@@ -177,18 +180,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
 
 
-def check_overrides(argv: Iterable[str]) -> int:
-    """Compose and validate every cell an app's command line would run. Returns the number of cells."""
-    args = list(argv)
-    overrides, skip = [], False
+def split_argv(argv: Iterable[str]) -> tuple[list[str], bool]:
+    """An app's command line → (its overrides, whether it is a multirun); Hydra's flags and their values
+    (``-cn/-cp/-cd NAME``) are not overrides."""
+    args, overrides, skip = list(argv), [], False
     for a in args:
-        if skip:  # the value of -cn/-cp/-cd/--config-*
+        if skip:
             skip = False
         elif a in VALUE_FLAGS:
             skip = True
         elif not a.startswith("-"):
             overrides.append(a)
-    multirun = any(a in ("-m", "--multirun") for a in args)
+    return overrides, any(a in ("-m", "--multirun") for a in args)
+
+
+def check_overrides(argv: Iterable[str]) -> int:
+    """Compose and validate every cell an app's command line would run. Returns the number of cells."""
+    overrides, multirun = split_argv(argv)
     if multirun:
         check_launcher(overrides)
     cells = grid(overrides) if multirun else [overrides]
@@ -202,7 +210,7 @@ def check_launcher(overrides: Sequence[str]) -> DictConfig:
 
     A resources preset fills ``hydra.launcher``, so it needs a submitit launcher to land in.
     """
-    fixed = [o for o in overrides if "," not in o.partition("=")[2] and "(" not in o.partition("=")[2]]
+    fixed = fixed_overrides(overrides)
     resources = [o.partition("=")[2] for o in fixed if o.lstrip("+").startswith("resources=")]
     launcher = [o.partition("=")[2] for o in fixed if o.startswith("hydra/launcher=")]
     if resources and resources[-1] != "null" and not (launcher and launcher[-1] in SUBMITIT_LAUNCHERS):

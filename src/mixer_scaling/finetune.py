@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, records
-from .config import CONF_DIR, VALUE_FLAGS, compose, expand, validate
+from .config import CONF_DIR, compose, expand, split_argv, validate
 from .data import build_data
 from .errors import ConfigError, UserError, one_line
 from .models import build_model, expand_token_mixing, finetune_factor, forward_flops, get_spec, resample_vit_pos_embed
@@ -224,15 +224,8 @@ def run_finetune(cfg: DictConfig) -> dict:
 
 def check_overrides(argv) -> int:
     """Compose and prepare every cell the command line would run (no Hydra app, nothing written)."""
-    args, overrides, skip = list(argv), [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in VALUE_FLAGS:
-            skip = True
-        elif not a.startswith("-"):
-            overrides.append(a)
-    cells = expand(overrides) if any(a in ("-m", "--multirun") for a in args) else [overrides]
+    overrides, multirun = split_argv(argv)
+    cells = expand(overrides) if multirun else [overrides]
     for cell in cells:
         prepare(compose_finetune(cell))
     return len(cells)

@@ -344,7 +344,7 @@ def submit(p: Plan) -> list[tuple[Cell, str]]:
         folder = p.log_folder(runs_dir)
         ex = make_executor(p.executor, p.params[preset], folder, f"{p.sweep.name}")
         try:
-            jobs = ex.map_array(CellJob(), [OmegaConf.to_container(c.cfg, resolve=True) for c in cells])
+            jobs = ex.map_array(CellJob(), [c.config for c in cells])
         except Exception as exc:
             done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
             raise UserError(f"sbatch refused the {preset} array of {len(cells)} cells: {_sbatch_error(exc)}{done}") \
@@ -362,14 +362,13 @@ def _sbatch_error(exc: Exception) -> str:
     return one_line(exc)
 
 
-def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
+def run_here(p: Plan, parallel: int, on_done=None) -> None:
     """local / debug: run the cells on this machine, ``parallel`` at a time (debug: one, in-process).
-    A failing cell is recorded and the others go on. Returns (cell, final status)."""
+    A failing cell is recorded and the others go on; ``on_done(cell, status, seconds, console)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
-    results: list[tuple[Cell, str]] = []
     queue = list(p.todo)
     running: list[tuple[Cell, object, float]] = []
     executors = {}
@@ -379,7 +378,7 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
         while queue or running:
             while queue and len(running) < (1 if p.executor == "debug" else parallel):
                 cell = queue.pop(0)
-                config = OmegaConf.to_container(cell.cfg, resolve=True)
+                config = cell.config
                 bar.update(task, now=cell.label)
                 if p.executor == "debug":  # right here, so breakpoints and tracebacks are the user's own
                     t0 = time.perf_counter()
@@ -404,14 +403,12 @@ def run_here(p: Plan, parallel: int, on_done=None) -> list[tuple[Cell, str]]:
             for cell, job, t0 in finished:
                 running.remove((cell, job, t0))
                 status = (cell.record() or {}).get("status", FAILED)
-                results.append((cell, status))
                 bar.advance(task)
                 if on_done:
                     on_done(cell, status, time.perf_counter() - t0, bar.console)
             if not finished:
                 time.sleep(0.5)
             bar.update(task, now=", ".join(c.label for c, _, _ in running))
-    return results
 
 
 class _Finished:

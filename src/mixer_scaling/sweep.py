@@ -31,7 +31,6 @@ MANIFEST_DIR = ".sweeps"
 
 # Cell states, from the run directory and (where there is one) the SLURM queue.
 NEW, PENDING, STALE, LOST, UNKNOWN = "new", "pending", "stale", "lost", "unknown"
-CELL_STATES = (NEW, PENDING, RUNNING, INTERRUPTED, STALE, LOST, UNKNOWN, FAILED, DONE)
 # What a (re)launch submits again: everything but finished cells and cells still in the queue.
 TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED)
 
@@ -66,6 +65,11 @@ class Cell:
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.runs_dir) / self.run_id
+
+    @property
+    def config(self) -> dict:
+        """The resolved config as plain data: what a job receives (fixed at launch, whatever conf/ becomes)."""
+        return OmegaConf.to_container(self.cfg, resolve=True)
 
     @property
     def label(self) -> str:
@@ -261,7 +265,3 @@ def status_rows(states: list[CellState]) -> list[dict]:
                      "job_id": s.job_id, "step": s.step, "steps": s.steps, "val_top1": metrics.get("val_top1"),
                      "run_dir": str(s.cell.run_dir)})
     return rows
-
-
-def plain_config(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

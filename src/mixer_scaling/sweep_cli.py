@@ -66,9 +66,8 @@ def cmd_launch(args) -> int:
     skipped = ", ".join(f"{n} {state}" for state, n in p.skipped.items())
     console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.cells)} cells; {len(p.todo)} to run"
                   + (f" (skipping {skipped})" if skipped else ""))
-    todo_ids = {c.run_id for c in p.todo}
     for cost in launch.estimate_cost(p.todo, p.presets, mfu=args.mfu, gpu_tflops=args.gpu_tflops):
-        console.print(f"cost of the {len(todo_ids)} cells to run: {cost.flops:.3g} training FLOPs "
+        console.print(f"cost of the {len(p.todo)} cells to run: {cost.flops:.3g} training FLOPs "
                       f"≈ {cost.device_hours:,.3g} {cost.unit}-hours at {cost.basis}")
     if args.dry_run or len(sweep.cells) <= 24:
         console.print(_grid_table(sweep, p.states, p.presets))
