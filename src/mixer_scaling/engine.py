@@ -146,7 +146,8 @@ class Loop:
     ckpt_path: Path
     on_log: Callable[[dict], None] = lambda row: None  # gets one metrics row per logging step
     on_eval: Callable[[int], dict] | None = None
-    on_resume: Callable[[int], None] | None = None  # gets the step training (re)starts from
+    # gets the step training (re)starts from, and what was wrong with the checkpoints on disk (one line each)
+    on_resume: Callable[[int, list[str]], None] | None = None
     num_workers: int = 0
     progress: bool = True
     rank: int = 0
@@ -167,7 +168,8 @@ class Loop:
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t, self.steps)
         start = 0
-        ckpt = checkpoint.load(self.ckpt_path)
+        latest = checkpoint.load_latest(self.ckpt_path, tidy=self.rank == 0)
+        ckpt = latest.state
         if ckpt is not None:
             checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             start, self.counters = ckpt["step"], dict(ckpt["counters"])
@@ -182,7 +184,7 @@ class Loop:
                 np.random.seed(s)
                 torch.manual_seed(s)
         if self.on_resume and self.rank == 0:
-            self.on_resume(start)
+            self.on_resume(start, latest.problems)
         if start >= self.steps:
             return self.counters
 

@@ -22,6 +22,14 @@ class DataError(UserError):
     """A data set is missing, unreadable or malformed."""
 
 
+class CorruptFile(DataError, ValueError):
+    """A file the framework wrote (a record, a checkpoint) is truncated or damaged."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
 def one_line(exc: BaseException) -> str:
     """First non-empty line of an exception's message (library errors are often multi-line)."""
     for line in str(exc).splitlines():

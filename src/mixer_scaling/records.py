@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,6 +26,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import CorruptFile
+
+log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
@@ -93,10 +98,10 @@ def run_id_of(cfg: DictConfig | Mapping, length: int = 10) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:length]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a fsynced temp file beside ``path`` (``.<name>.<random>.tmp``) and return it.
 
-    Readers see the old file or the new one, never a partial one, even if we are killed mid-write.
+    On any failure (ENOSPC, a signal) the temp file is removed before the error propagates.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -105,11 +110,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    Readers see the old file or the new one, never a partial one, even if we are killed mid-write.
+    """
+    os.replace(write_temp(path, data), path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -117,12 +130,42 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_record(run_dir: Path) -> dict | None:
-    """The run's record, or None when there is none yet."""
+    """The run's record, or None when there is none yet; :class:`CorruptFile` if it is not a JSON object."""
     path = Path(run_dir) / RESULT_FILE
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return None
-    with open(path) as f:
-        return json.load(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptFile(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptFile(path, f"invalid JSON at line {exc.lineno} column {exc.colno} "
+                                f"({len(text)} bytes; truncated or damaged)") from exc
+    if not isinstance(record, dict):
+        raise CorruptFile(path, f"holds a JSON {type(record).__name__}, not a record object")
+    return record
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged file to ``<name>.corrupt`` (``.corrupt.1``, … if taken): kept for inspection, never read."""
+    path = Path(path)
+    target, n = path.with_name(path.name + ".corrupt"), 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt.{n}")
+    os.replace(path, target)
+    return target
+
+
+def read_record_or_set_aside(run_dir: Path) -> tuple[dict | None, str | None]:
+    """The record, or (None, what was wrong) after moving a damaged one aside: the run starts a fresh record."""
+    try:
+        return read_record(run_dir), None
+    except CorruptFile as exc:
+        aside = set_aside(Path(run_dir) / RESULT_FILE)
+        return None, f"{exc}; moved to {aside.name} and started a new record"
 
 
 class Record:
@@ -134,13 +177,31 @@ class Record:
 
     @classmethod
     def open(cls, run_dir: Path, base: dict) -> "Record":
-        """Start or continue a record: fields of a previous attempt (counters, restarts) are kept."""
-        previous = read_record(run_dir) or {}
+        """Start or continue a record: fields of a previous attempt (counters, restarts, events) are kept.
+
+        A damaged ``result.json`` is moved aside and the record starts afresh; a previous attempt that
+        never closed its record (status still ``running``: SIGKILL, out of memory, node failure) is noted.
+        """
+        previous, problem = read_record_or_set_aside(run_dir)
+        previous = previous or {}
         fields = {**previous, **base}
         fields.setdefault("started_at", _now())
         fields["attempts"] = previous.get("attempts", 0) + 1
         fields.setdefault("metrics", {})
-        return cls(run_dir, fields)
+        fields["events"] = list(previous.get("events", []))
+        record = cls(run_dir, fields)
+        if problem:
+            record.note(problem)
+        if previous.get("status") == RUNNING:
+            record.note(f"attempt {previous.get('attempts', '?')} ended without closing its record "
+                        "(killed by SIGKILL, out of memory or a node failure)")
+        return record
+
+    def note(self, message: str) -> "Record":
+        """Add an event (a recovery, a fallback) to the record, and say it once in the log."""
+        log.warning("%s: %s", self.run_dir.name, message)
+        self.fields["events"].append({"attempt": self.fields.get("attempts"), "at": _now(), "message": message})
+        return self
 
     def update(self, **kw) -> "Record":
         self.fields.update(kw)
@@ -209,7 +270,7 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
     import traceback
 
     run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
-    previous = read_record(run_dir)
+    previous, _ = read_record_or_set_aside(run_dir) if run_dir.is_dir() else (None, None)
     if previous and previous.get("status") != RUNNING:
         return
     run_dir.mkdir(parents=True, exist_ok=True)

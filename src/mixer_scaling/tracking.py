@@ -1,8 +1,8 @@
 """Weights & Biases for one run, with the local record as the source of truth.
 
-W&B is a view, not a dependency: if the client cannot start (no network, bad key, service down),
-the run says so once and carries on; its ``result.json`` and ``metrics.jsonl`` are complete either
-way. The W&B run id is the run's ``run_id``, so a resumed run continues the same W&B run.
+W&B is a view, not a dependency: if the online client cannot start (no network, bad key, service
+down, init timing out), the run logs offline instead, says so once (log and record) and carries on; its
+``result.json`` and ``metrics.jsonl`` are complete either way. The W&B run id is the run's ``run_id``, so a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
@@ -48,21 +48,27 @@ def resolve_mode(mode: str | None) -> str:
 class Tracker:
     """Thin wrapper around a W&B run whose methods never raise into the training loop."""
 
-    def __init__(self, run=None, mode: str = "disabled"):
+    def __init__(self, run=None, mode: str = "disabled", problem: str | None = None):
         self.run = run
         self.mode = mode
+        self.problem = problem  # why W&B is not what was asked for (one line, for the record), or None
         self._warned = False
 
     @classmethod
     def start(cls, wcfg: Mapping, *, run_id: str, run_dir: Path, name: str, config: dict,
               tags: list[str]) -> "Tracker":
+        """Start the W&B run. If online W&B cannot be reached within ``wandb.init_timeout``, log offline
+        instead (``wandb sync`` uploads it later); if even that fails, carry on with the local record."""
         mode = resolve_mode(wcfg.get("mode"))
         if mode == "disabled":
             return cls(None, mode)
         try:
             import wandb
+        except Exception as exc:
+            return cls(None, f"{mode} (unavailable)", f"W&B unavailable ({_reason(exc)}); local record only")
 
-            run = wandb.init(
+        def init(mode: str):
+            return wandb.init(
                 project=wcfg.get("project"),
                 entity=wcfg.get("entity"),
                 group=wcfg.get("group"),
@@ -74,17 +80,24 @@ class Tracker:
                 dir=str(run_dir),
                 config=config,
                 mode=mode,
-                settings=wandb.Settings(
-                    init_timeout=float(wcfg.get("init_timeout", 60)),
-                    silent=True,
-                    console="off",
-                ),
+                settings=wandb.Settings(init_timeout=float(wcfg.get("init_timeout", 60)), silent=True,
+                                        console="off"),
             )
-        except Exception as exc:  # any failure to start: keep training, say it once
-            log.warning("W&B unavailable (%s: %s); continuing with the local record only",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            return cls(None, f"{mode} (unavailable)")
-        return cls(run, mode)
+
+        try:
+            return cls(init(mode), mode)
+        except Exception as exc:  # no network, bad key, server down or too slow
+            problem = f"W&B unavailable ({_reason(exc)})"
+        if mode == "online":
+            try:
+                wandb.teardown()  # the failed attempt still holds the run id in the W&B service
+                run = init("offline")
+                sync_dir = Path(run.dir).parent
+                return cls(run, "offline (online unavailable)",
+                           f"{problem}; logging offline to {sync_dir}, upload later with `wandb sync {sync_dir}`")
+            except Exception as exc:
+                problem += f"; offline too ({_reason(exc)})"
+        return cls(None, f"{mode} (unavailable)", f"{problem}; continuing with the local record only")
 
     def _guard(self, what: str, fn, *args, **kw) -> None:
         if self.run is None:
@@ -115,3 +128,7 @@ class Tracker:
             "project": getattr(run, "project", None),
             "url": getattr(run, "url", None) if self.mode == "online" else None,
         }
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc).strip() else type(exc).__name__

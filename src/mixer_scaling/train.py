@@ -30,7 +30,7 @@ from . import __version__, distributed, records
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .engine import Interrupted, Loop
-from .errors import EXIT_USAGE, ConfigError, UserError
+from .errors import EXIT_USAGE, ConfigError, CorruptFile, UserError
 from .evaluate.classify import ordered_loader, top1
 from .evaluate.downstream import evaluate_fewshot
 from .evaluate.throughput import inference_throughput
@@ -140,7 +140,10 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     validate(cfg)
     run_id = run_id_of(cfg)
     run_dir = Path(cfg.runs_dir) / run_id
-    previous = read_record(run_dir)
+    try:
+        previous = read_record(run_dir)
+    except CorruptFile:  # rank 0 moves it aside and starts a new record (Record.open)
+        previous = None
     if previous and previous.get("status") == DONE:
         log.info("run %s is done (%s); not retraining", run_id, run_dir)
         return previous
@@ -184,6 +187,8 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
                                  f"{static['family']}-{static['size']}-f{static['fraction']:g}-s{cfg.seed}",
                             tags=[static["family"], static["size"], f"fraction={static['fraction']:g}"])
     record.update(wandb=tracker.info)
+    if tracker.problem:
+        record.note(tracker.problem)
     metrics_log = MetricsLog(run_dir)
 
     def on_log(row: dict) -> None:
@@ -194,8 +199,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
         cfg, built, run_dir, on_log=on_log,
         on_eval=lambda step: {"val/top1": top1(built.model, ordered_loader(
             built.data.val, cfg.eval.batch_size, built.data.collate_fn), built.device)},
-        # lines logged after the checkpoint by an attempt that was cut off are dropped
-        on_resume=metrics_log.truncate_after,
+        on_resume=lambda start, problems: _resumed(record, metrics_log, start, problems),
     )
     try:
         counters = loop.run()
@@ -226,6 +230,15 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
     # meanwhile makes this raise, but cannot turn a done record into a failed one.
     distributed.barrier()
     return record.fields
+
+
+def _resumed(record: Record, metrics_log: MetricsLog, start: int, problems: list[str]) -> None:
+    # Lines logged after the checkpoint by an attempt that was cut off are dropped.
+    metrics_log.truncate_after(start)
+    for problem in problems:
+        record.note(problem)
+    if problems:
+        record.save()
 
 
 def _follow(cfg: DictConfig, built: Built, run_dir: Path) -> dict | None:

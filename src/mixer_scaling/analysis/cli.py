@@ -14,6 +14,7 @@ entry point (``mixer-scaling``) prints as ``error: <message>`` with exit status 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,17 +26,23 @@ PAPER = "paper"
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """Runs on disk and/or in W&B → one results table (parquet, and CSV on request)."""
+    """Runs on disk and/or in W&B → one results table (parquet, and CSV on request).
+
+    A record that cannot be used (truncated, not JSON, not an object, no status or model) is skipped with
+    one line on stderr naming its path and the problem; the summary counts them. Exit 0 when at least
+    one record was collected.
+    """
     if not args.runs_dirs and not args.wandb:
         raise UserError("collect needs a runs directory or --wandb ENTITY/PROJECT")
     if args.group and not args.wandb:
         raise UserError("--group needs --wandb ENTITY/PROJECT")
     tables, lines = [], []
     if args.runs_dirs:
-        df, summary = collect(args.runs_dirs)
+        df, summary = collect(args.runs_dirs, warn=False)
+        for path, why in summary.skipped:  # one line each, on stderr; the rest is collected
+            print(f"skipped {path}: {why}", file=sys.stderr)
         tables.append(df)
         lines.append(f"{', '.join(map(str, args.runs_dirs))}: {summary.line}")
-        lines += [f"  skipped {path}: {why}" for path, why in summary.skipped]
     if args.wandb:
         wdf = collect_wandb(args.wandb, args.group)
         tables.append(wdf)

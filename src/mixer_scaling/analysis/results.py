@@ -228,7 +228,8 @@ def find_records(roots: Iterable[str | os.PathLike]) -> list[Path]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise UserError(f"runs directory {root} does not exist")
+            raise UserError(f"runs directory {root} does not exist; expected a folder of run directories "
+                            f"(<runs_dir>/<run_id>/{RESULT_FILE})")
         if root.is_file():
             if root.name != RESULT_FILE:
                 raise UserError(f"{root} is a file, not a runs directory or a {RESULT_FILE}")
@@ -243,25 +244,45 @@ def find_records(roots: Iterable[str | os.PathLike]) -> list[Path]:
     return list(found)
 
 
+#: Fields a record needs to become a row (the columns a figure cannot do without).
+REQUIRED_FIELDS = ("status", "model", "family")
+
+
 def _load(path: Path) -> tuple[dict | None, str]:
+    """A record, or (None, what is wrong with it): unreadable, not JSON (a truncated or half-written file),
+    not a JSON object, an unknown status or missing fields. Never raises for a bad file."""
     try:
         with open(path, "rb") as f:
-            rec = json.loads(f.read())
-    except (OSError, ValueError) as exc:  # truncated, empty, not UTF-8, unreadable
-        return None, f"{type(exc).__name__}: {one_line(exc)}"
+            data = f.read()
+    except OSError as exc:
+        return None, f"unreadable ({type(exc).__name__}: {one_line(exc)})"
+    try:
+        rec = json.loads(data)
+    except json.JSONDecodeError as exc:
+        if not data.strip():
+            return None, "empty file"
+        return None, (f"invalid JSON at line {exc.lineno} column {exc.colno} of {len(data)} bytes: {exc.msg} "
+                      "(truncated or damaged)")
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError) and the like
+        return None, f"not a JSON text ({type(exc).__name__}: {one_line(exc)})"
     if not isinstance(rec, dict):
-        return None, f"not a JSON object but {type(rec).__name__}"
+        return None, f"a JSON {type(rec).__name__}, not a record object"
+    missing = [k for k in REQUIRED_FIELDS if rec.get(k) in (None, "")]
+    if missing:
+        return None, f"missing required field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
     if rec.get("status") not in STATUSES:
         return None, f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}"
     return rec, ""
 
 
-def collect(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, Summary]:
+def collect(roots: str | os.PathLike | Iterable[str | os.PathLike], *,
+            warn: bool = True) -> tuple[pd.DataFrame, Summary]:
     """Read every ``result.json`` under ``roots`` into one table, and count what was read.
 
-    Every readable record becomes a row, whatever its status; an unreadable or truncated record
-    (or one without a known status) is skipped and listed in ``Summary.skipped``. Raises
-    :class:`UserError` when a root is missing or no ``result.json`` is found at all.
+    Every readable record becomes a row, whatever its status; a record that cannot be used (unreadable,
+    truncated or half-written JSON, not an object, no known status, no model) is skipped, listed in
+    ``Summary.skipped`` with what is wrong and (``warn``) logged as a warning. Raises
+    :class:`UserError` when a root is missing or no usable record is found at all.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -269,14 +290,16 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.
     if not roots:
         raise UserError("no runs directory given")
     paths = find_records(roots)
+    where = ", ".join(str(r) for r in roots)
     if not paths:
-        raise UserError(f"no {RESULT_FILE} found under {', '.join(str(r) for r in roots)}")
+        raise UserError(f"no {RESULT_FILE} found under {where}; expected <runs_dir>/<run_id>/{RESULT_FILE}")
     summary, rows = Summary(), []
     for path in paths:
         rec, why = _load(path)
         if rec is None:
             summary.skipped.append((str(path), why))
-            log.warning("skipping %s: %s", path, why)
+            if warn:
+                log.warning("skipped %s: %s", path, why)
             continue
         if rec.get("parent_run_id"):  # a fine-tune: its metrics are downstream, not pre-training results
             summary.finetunes += 1
@@ -284,8 +307,9 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.
         summary.count(rec["status"])
         rows.append(row_from_record(rec, path.parent))
     if not rows:
-        raise UserError(f"no pre-training records under {', '.join(str(r) for r in roots)} "
-                        f"({summary.finetunes} fine-tune records, {len(summary.skipped)} unreadable)")
+        first = f"; first: {summary.skipped[0][0]}: {summary.skipped[0][1]}" if summary.skipped else ""
+        raise UserError(f"no pre-training records under {where} ({summary.finetunes} fine-tune records, "
+                        f"{len(summary.skipped)} unreadable{first})")
     df = to_frame(rows)
     return df.sort_values(["family", "model", "fraction", "seed", "run_id"], na_position="last",
                           kind="stable").reset_index(drop=True), summary
@@ -327,16 +351,16 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise UserError(f"results table {path} does not exist")
+    kind = "CSV" if path.suffix.lower() == ".csv" else "parquet"
+    expected = "expected a .parquet or .csv table written by `mixer-scaling collect`"
     try:
-        if path.suffix.lower() == ".csv":
-            df = pd.read_csv(path)
-        else:
-            df = pd.read_parquet(path)
+        df = pd.read_csv(path) if kind == "CSV" else pd.read_parquet(path)
     except Exception as exc:  # pyarrow and the CSV parser raise many types
-        raise UserError(f"cannot read results table {path}: {one_line(exc)}") from None
+        raise UserError(f"cannot read results table {path} as {kind} ({one_line(exc)}); {expected}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"results table {path} is missing columns: {', '.join(missing)}")
+        raise UserError(f"results table {path} is missing columns: {', '.join(missing)}; {expected} "
+                        f"(it needs {', '.join(REQUIRED_COLUMNS)})")
     return conform(df)
 
 

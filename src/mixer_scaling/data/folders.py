@@ -2,9 +2,11 @@
 
 Transforms come from timm's factory (inception crop + flip for training, resize + centre crop for
 evaluation, optional RandAugment) with mean = std = 0.5, so pixels land in [-1, 1] like the embedded
-data; grayscale, palette, CMYK and RGBA files become 3-channel RGB. Problems with the files are found
-when the set is built, before a run starts: a missing root or split folder, no class folders, no
-images, and (``verify_images``) any file PIL cannot identify.
+data; 8-bit grayscale, palette, CMYK and RGBA (any of :data:`RGB_MODES`) files become 3-channel RGB.
+Problems with the files are found when the set is built, before a run starts: a missing root or split
+folder, no class folders, no images, and (``verify_images``) any file PIL cannot identify or whose
+channels do not make an RGB image (16-bit or 32-bit integer and float images, which PIL would clip
+to white; multi-band images that are not colour).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -20,6 +22,22 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import DataError, one_line
 
 HALF = (0.5, 0.5, 0.5)
+#: PIL modes whose channels convert to 8-bit RGB without losing their values: 1-channel 8-bit (bilevel,
+#: grayscale, palette), with alpha (dropped), 3-channel colour spaces and CMYK.
+RGB_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_DEPTH = {"I": "32-bit integers", "F": "32-bit floats"}
+
+
+def check_mode(image: Image.Image, path: str) -> None:
+    """Raise DataError when ``image``'s channels cannot become the 3 8-bit channels the models take."""
+    mode = image.mode
+    if mode in RGB_MODES:
+        return
+    bands = image.getbands()
+    depth = "16-bit integers" if mode.startswith("I;16") else _DEPTH.get(mode, "")
+    what = f"{len(bands)} channel{'s' if len(bands) != 1 else ''}" + (f" of {depth}" if depth else f" ({''.join(bands)})")
+    raise DataError(f"image {path} has mode {mode} ({what}); the models take 3-channel RGB from 8-bit images: "
+                    f"allowed modes {', '.join(RGB_MODES)} (convert it, e.g. to 8-bit grayscale or RGB)")
 
 
 def transform(
@@ -54,9 +72,13 @@ def transform(
 def rgb_loader(path: str) -> Image.Image:
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            image = Image.open(f)
+            check_mode(image, path)
+            return image.convert("RGB")
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(f"unreadable image {path}: {one_line(exc)}") from None
+        raise DataError(f"unreadable image {path}: {_problem(exc)}") from None
 
 
 class _Folder(datasets.ImageFolder):
@@ -76,14 +98,25 @@ def _class_dirs(path: Path) -> list[str]:
     return sorted(e.name for e in path.iterdir() if e.is_dir() and not e.name.startswith("."))
 
 
-def verify_images(files: Sequence[str]) -> None:
-    """Open every file with PIL and verify its header; the first unreadable one raises DataError."""
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file PIL can identify"
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+def verify_images(files: Sequence[str], key: str = "data") -> None:
+    """Open every file with PIL, check its mode (:func:`check_mode`) and verify its header; the first
+    unreadable or non-RGB one raises DataError."""
     for file in files:
         try:
             with Image.open(file) as im:
+                check_mode(im, file)
                 im.verify()
+        except DataError:
+            raise
         except Exception as exc:
-            raise DataError(f"unreadable image {file}: {type(exc).__name__}: {one_line(exc)}") from None
+            raise DataError(f"unreadable image {file}: {_problem(exc)}; every file in the class folders of "
+                            f"{key}.root must be an image PIL reads (remove or replace it)") from None
 
 
 def image_folder(
@@ -132,7 +165,7 @@ def image_folder(
             f"{key}.root={str(root)!r}: {split_dir}/ holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
         )
     if bool(cfg.get("verify_images", True)):
-        verify_images([f for f, _ in ds.samples])
+        verify_images([f for f, _ in ds.samples], key=key)
     return ds
 
 

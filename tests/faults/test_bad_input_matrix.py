@@ -1,0 +1,355 @@
+"""Bad input, one table: every case gives one clear line, exits 2, and creates, submits or loses nothing.
+
+Each case of :data:`CASES` runs a real entry point in-process (``python -m mixer_scaling.train`` as
+``train.main()``, ``mixer-scaling`` as ``cli.main()``: the same code as the console scripts, without
+interpreter start-up) in a folder that already holds a finished run, a results table and figures. It must
+
+* exit with status 2;
+* print one line on stderr naming the key, argument or file, the bad value and what is allowed
+  (argparse's own errors: a usage block, then that line last); no traceback, nothing on stdout;
+* leave the folder exactly as it was: no ``runs/``, ``outputs/``, ``multirun/``, ``wandb/`` or
+  ``.sweeps`` manifest appears, no file is added, removed or changed (the existing run, table and figures
+  are byte-for-byte the same).
+
+The README's "Bad input" section has a table with one row per case id (checked below), so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TINY, TINY_SYNTHETIC, run_cli
+from mixer_scaling import cli, train
+from mixer_scaling.analysis.results import synthetic_records, to_frame, row_from_record, write_records, write_table
+
+NOT_DATA = [o for o in TINY if o not in TINY_SYNTHETIC]
+CATEGORIES = ("config", "cli", "data", "launcher", "sweep", "table")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs the cases point at (made before the "before" snapshot, so they count as existing files)
+# ---------------------------------------------------------------------------------------------
+
+
+def _tree(root: Path, val: bool = True) -> Path:
+    """A small valid ImageFolder tree: 2 classes x 2 RGB images in train/ (and val/)."""
+    for split in ("train", "val") if val else ("train",):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (90 * i, 60 * c, 30)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def tree_without_val(tmp: Path) -> None:
+    _tree(tmp / "data", val=False)
+
+
+def tree_with_garbage(tmp: Path) -> None:
+    (_tree(tmp / "data") / "train" / "dog" / "broken.jpg").write_bytes(b"this is not a jpeg")
+
+
+def tree_with_truncated_png(tmp: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (_tree(tmp / "data") / "val" / "cat" / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def tree_with_16bit(tmp: Path) -> None:
+    """A 16-bit grayscale scan: one channel of 0..65535, which PIL's RGB conversion clips to white."""
+    Image.fromarray(np.full((40, 40), 40_000, dtype=np.uint16)).save(_tree(tmp / "data") / "train" / "cat" / "scan16.png")
+
+
+def tree_with_float(tmp: Path) -> None:
+    """A float TIFF (a depth map, say): one channel of 32-bit floats, not a picture."""
+    Image.fromarray(np.full((40, 40), 0.5, dtype=np.float32)).save(_tree(tmp / "data") / "train" / "dog" / "depth.tif")
+
+
+def bad_tables(tmp: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"model": ["mixer/b16"], "val_top1": [0.7]}).to_parquet(tmp / "cols.parquet")
+    pd.DataFrame({"model": ["mixer/b16"], "top1": [0.7]}).to_csv(tmp / "cols.csv", index=False)
+    (tmp / "junk.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    (tmp / "notes.csv").write_bytes(bytes(range(256)) * 4)  # binary noise with a .csv name
+
+
+def corrupt_runs(tmp: Path) -> None:
+    for name, text in (("a0", '{"status": "done", "model": "mixer/b16", "fam'), ("b1", "[1, 2, 3]"), ("c2", "")):
+        (tmp / "broken_runs" / name).mkdir(parents=True)
+        (tmp / "broken_runs" / name / "result.json").write_text(text)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Path:
+    return make_world(tmp_path)
+
+
+def make_world(tmp_path: Path) -> Path:
+    """What a user's folder already holds: a finished run, a results table (parquet and CSV), figures."""
+    runs = tmp_path / "runs"
+    rec = synthetic_records(1, seed=3)[0]
+    write_records([rec], runs)
+    (runs / rec["run_id"] / "config.yaml").write_text("seed: 0\n")
+    df = to_frame([row_from_record(rec, runs / rec["run_id"])])
+    write_table(df, tmp_path / "results.parquet", tmp_path / "results.csv")
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "pareto_compute.png").write_bytes(b"\x89PNG earlier figure")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+def existing_run_id(tmp: Path) -> str:
+    return next(p.name for p in (tmp / "runs").iterdir() if p.is_dir())
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    category: str
+    entry: str                          # "train" (python -m mixer_scaling.train) or "cli" (mixer-scaling)
+    args: tuple[str, ...]               # {tmp}, {runs}, {data}, {run} are filled in
+    mentions: tuple[str, ...]           # what the line must name (the key or file, the value, what is allowed)
+    setup: Callable[[Path], None] | None = None
+    argparse: bool = False              # argparse's own error: usage lines, then the error line last
+    needs_fix: str = ""                 # a known gap in a file this suite does not own (strict xfail)
+
+
+TRAIN = ("{tiny}",)  # the tiny run overrides, runs_dir={runs} and wandb.mode=offline
+IMAGEFOLDER = ("{not_data}", "data=imagefolder", "data.image_size=32")
+LAUNCH = ("sweep", "launch")
+DRY = ("--executor", "local", "--dry-run")
+
+CASES = [
+    # --- config keys, through the train entry point ---------------------------------------------
+    Case("config-fraction", "config", "train", (*TRAIN, "data.fraction=1.5"), ("data.fraction=1.5", "(0, 1]")),
+    Case("config-unknown-key", "config", "train", (*TRAIN, "train.lr_peak=3"),
+         ("train.lr_peak", "keys under train", "warmup_steps")),
+    Case("config-unknown-model", "config", "train", (*TRAIN, "model=mixer/x9"), ("model=", "mixer/x9", "mixer/b16")),
+    Case("config-patch", "config", "train", (*TRAIN, "data.image_size=30"), ("data.image_size", "30", "patch")),
+    Case("config-wandb-mode", "config", "train", (*TRAIN, "wandb.mode=sometimes"),
+         ("wandb.mode", "sometimes", "offline")),
+    Case("config-device", "config", "train", (*TRAIN, "device=tpu"), ("device='tpu'", "auto, cpu, cuda")),
+    Case("config-seed", "config", "train", (*TRAIN, "seed=-1"), ("seed=-1", ">= 0")),
+    Case("config-type", "config", "train", (*TRAIN, "train.batch_size=abc"),
+         ("train.batch_size='abc'", "integer > 0")),
+    Case("config-unknown-recipe", "config", "train", (*TRAIN, "train=jft300m"), ("train=", "jft300m", "cpu, finetune")),
+    # --- command-line arguments of mixer-scaling ------------------------------------------------
+    Case("cli-unknown-command", "cli", "cli", ("frobnicate",), ("'frobnicate'", "models", "collect"), argparse=True),
+    Case("cli-unknown-flag", "cli", "cli", ("collect", "{runs}", "--frobnicate"), ("--frobnicate",), argparse=True),
+    Case("cli-train-override", "cli", "cli", ("train", "data.fraction=2", "runs_dir={runs}"),
+         ("data.fraction=2", "(0, 1]")),
+    Case("cli-num-classes", "cli", "cli", ("models", "--num-classes", "0"), ("--num-classes=0", ">= 1")),
+    Case("cli-figures-missing-table", "cli", "cli", ("figures", "{tmp}/nope.parquet", "-o", "{tmp}/figs"),
+         ("nope.parquet", "results table", "runs directory", "paper")),
+    Case("cli-figures-compute", "cli", "cli",
+         ("figures", "{tmp}/results.parquet", "-o", "{tmp}/figs", "--compute", "joules"),
+         ("--compute", "'joules'", "flops"), argparse=True),
+    Case("cli-weights-not-a-run", "cli", "cli", ("weights", "no-such-run", "--runs-dir", "{runs}"),
+         ("no-such-run", "not found", "run id")),
+    Case("cli-weights-no-checkpoint", "cli", "cli", ("weights", "{run}", "--runs-dir", "{runs}", "-o", "{tmp}/w"),
+         ("{run}", "checkpoint.pt")),
+    Case("cli-launch-parallel", "cli", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", "--executor", "local",
+                                               "--parallel", "0"), ("--parallel=0", ">= 1"),
+         needs_fix="sweep_cli.cmd_launch prints the plan to stdout before launch.run_here checks --parallel "
+                   "(--mfu likewise, in launch.estimate_cost); check both before launch.plan"),
+    Case("cli-launch-parallel-type", "cli", "cli", (*LAUNCH, "smoke", "--parallel", "two"),
+         ("--parallel", "'two'", "int"), argparse=True),
+    Case("cli-launch-max-array-size", "cli", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                     "--max-array-size", "0"), ("--max-array-size=0", ">= 1")),
+    Case("cli-launch-executor", "cli", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", "--executor", "pbs"),
+         ("--executor='pbs'", "slurm, local, debug")),
+    Case("cli-collect-nothing", "cli", "cli", ("collect",), ("runs directory", "--wandb")),
+    # --- data --------------------------------------------------------------------------------------
+    Case("data-missing-root", "data", "train", (*IMAGEFOLDER, "data.root={tmp}/no/such/dir"),
+         ("data.root=", "no/such/dir", "does not exist", "train/ and val/")),
+    Case("data-root-unset", "data", "train", (*IMAGEFOLDER,), ("data.root", "required", "no value", "data.root=...")),
+    Case("data-no-val-split", "data", "train", (*IMAGEFOLDER, "data.root={data}"), ("data.root=", "no val/ folder"),
+         setup=tree_without_val),
+    Case("data-unreadable-image", "data", "train", (*IMAGEFOLDER, "data.root={data}"),
+         ("unreadable image", "dog/broken.jpg", "not an image file", "must be an image PIL reads"), setup=tree_with_garbage),
+    Case("data-truncated-image", "data", "train", (*IMAGEFOLDER, "data.root={data}"),
+         ("unreadable image", "cat/cut.png"), setup=tree_with_truncated_png),
+    Case("data-16-bit-image", "data", "train", (*IMAGEFOLDER, "data.root={data}"),
+         ("cat/scan16.png", "mode I;16", "1 channel of 16-bit", "3-channel RGB", "allowed modes", "RGBA"),
+         setup=tree_with_16bit),
+    Case("data-float-image", "data", "train", (*IMAGEFOLDER, "data.root={data}"),
+         ("dog/depth.tif", "mode F", "32-bit floats", "allowed modes"), setup=tree_with_float),
+    Case("data-cifar-missing", "data", "train", ("{not_data}", "data=cifar10", "data.root={tmp}/empty"),
+         ("data.root=", "empty", "CIFAR-10", "data.download=true")),
+    Case("data-fewshot-root", "data", "train", (*TRAIN, "fewshot.datasets=[imagefolder]"),
+         ("fewshot.root", "imagefolder")),
+    # --- launcher keys (sweep launch --dry-run and Hydra's multirun; no cluster is asked) ---------------
+    Case("launcher-unknown-key", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                     "hydra.launcher.partiton=gpu"),
+         ("hydra.launcher.partiton", "partition, qos")),
+    Case("launcher-unknown-preset", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY, "resources=huge"),
+         ("resources=", "'huge'", "cpu, gpu1, gpu16")),
+    Case("launcher-other-hydra-key", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                         "hydra.sweep.dir=/x"), ("hydra.sweep.dir", "hydra.launcher")),
+    Case("launcher-choice", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY, "hydra/launcher=pbs"),
+         ("hydra/launcher", "--executor", "slurm, local")),
+    Case("launcher-batch-split", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                     "train.batch_size=63", "hydra.launcher.tasks_per_node=2"),
+         ("train.batch_size=63", "2 tasks", "multiple of 2")),
+    Case("launcher-multirun-key", "launcher", "train", ("-m", "+sweep=smoke", "runs_dir={runs}",
+                                                        "hydra/launcher=slurm", "hydra.launcher.qqos=x"),
+         ("hydra.launcher.qqos", "qos")),
+    Case("launcher-multirun-resources", "launcher", "train", ("-m", "+sweep=smoke", "runs_dir={runs}",
+                                                              "resources=gpu8"),
+         ("resources=gpu8", "hydra/launcher=slurm")),
+    Case("launcher-value-type", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                    "hydra.launcher.mem_gb=lots"),
+         ("hydra.launcher.mem_gb", "lots", "integer"),
+         needs_fix="config._explain passes OmegaConf's 'Error merging override' on without what is allowed"),
+    Case("launcher-negative-time", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", *DRY,
+                                                       "hydra.launcher.timeout_min=-5"),
+         ("hydra.launcher.timeout_min", "-5"),
+         needs_fix="launch.launcher_params does not check values: a negative time limit is accepted"),
+    # --- sweep names and grids -------------------------------------------------------------------------
+    Case("sweep-unknown", "sweep", "cli", (*LAUNCH, "nope", "runs_dir={runs}"),
+         ("sweep 'nope'", "demo, pareto, permutation, smoke")),
+    Case("sweep-unknown-status", "sweep", "cli", ("sweep", "status", "nope"), ("sweep 'nope'", "smoke")),
+    Case("sweep-unknown-multirun", "sweep", "train", ("-m", "+sweep=nope", "runs_dir={runs}"),
+         ("sweep=", "'nope'", "smoke")),
+    Case("sweep-empty-grid", "sweep", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", "seed=range(0,0)"),
+         ("seed=range(0,0)", "empty")),
+    Case("sweep-bad-cell", "sweep", "cli", (*LAUNCH, "smoke", "runs_dir={runs}", "data.fraction=0.5,7"),
+         ("data.fraction=7", "(0, 1]")),
+    Case("sweep-missing-data", "sweep", "cli", (*LAUNCH, "pareto", "runs_dir={runs}", *DRY),
+         ("data.root", "required")),
+    # --- results tables --------------------------------------------------------------------------------
+    Case("table-collect-no-runs", "table", "cli", ("collect", "{tmp}/empty", "-o", "{tmp}/results.parquet"),
+         ("no result.json", "empty", "<runs_dir>/<run_id>/result.json")),
+    Case("table-collect-missing-dir", "table", "cli", ("collect", "{tmp}/nope", "-o", "{tmp}/results.parquet"),
+         ("runs directory", "nope", "does not exist", "<runs_dir>/<run_id>/result.json")),
+    Case("table-collect-a-file", "table", "cli", ("collect", "{tmp}/results.parquet", "-o", "{tmp}/results.parquet"),
+         ("results.parquet", "is a file", "runs directory")),
+    Case("table-collect-only-corrupt", "table", "cli",
+         ("collect", "{tmp}/broken_runs", "-o", "{tmp}/results.parquet"),
+         ("no pre-training records", "3 unreadable", "a0/result.json", "invalid JSON"), setup=corrupt_runs),
+    Case("table-missing-columns", "table", "cli", ("figures", "{tmp}/cols.parquet", "-o", "{tmp}/figs"),
+         ("cols.parquet", "missing columns: family, status", "needs family, model, status"), setup=bad_tables),
+    Case("table-csv-missing-columns", "table", "cli", ("figures", "{tmp}/cols.csv", "-o", "{tmp}/figs"),
+         ("cols.csv", "missing columns: family, status", "needs family, model, status"), setup=bad_tables),
+    Case("table-not-parquet", "table", "cli", ("figures", "{tmp}/junk.parquet", "-o", "{tmp}/figs"),
+         ("cannot read results table", "junk.parquet", "as parquet", ".parquet or .csv"), setup=bad_tables),
+    Case("table-not-a-table", "table", "cli", ("figures", "{tmp}/notes.csv", "-o", "{tmp}/figs"),
+         ("cannot read results table", "notes.csv", "as CSV", ".parquet or .csv"), setup=bad_tables),
+    Case("table-bad-metric", "table", "cli", ("figures", "{tmp}/results.parquet", "-o", "{tmp}/figs",
+                                              "--metric", "top5"), ("'top5'", "val_top1")),
+]
+BY_ID = {c.id: c for c in CASES}
+
+
+def fill(text: str, tmp: Path) -> list[str]:
+    """One argument with its placeholders filled in (``{tiny}``/``{not_data}`` expand to several)."""
+    runs = tmp / "runs"
+    if text == "{tiny}":
+        return [*TINY, "wandb.mode=offline", f"runs_dir={runs}"]
+    if text == "{not_data}":
+        return [*NOT_DATA, "wandb.mode=offline", f"runs_dir={runs}"]
+    return [text.format(tmp=tmp, runs=runs, data=tmp / "data", run=existing_run_id(tmp))]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` with a hash of its bytes (folders: "dir")."""
+    return {str(p.relative_to(folder)): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def run_case(case: Case, tmp: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    argv = [a for arg in case.args for a in fill(arg, tmp)]
+    monkeypatch.chdir(tmp)
+    if case.entry == "train":
+        monkeypatch.setattr(sys, "argv", ["mixer_scaling.train", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            train.main()
+        code = exit_info.value.code
+    else:
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_matrix_covers_every_category():
+    assert len(CASES) >= 24 and len(BY_ID) == len(CASES), "case ids must be unique"
+    counts = {cat: sum(c.category == cat for c in CASES) for cat in CATEGORIES}
+    assert all(n >= 3 for n in counts.values()), counts
+    assert {c.category for c in CASES} == set(CATEGORIES)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.needs_fix)]
+                                               if c.needs_fix else []) for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_changes(case, world, monkeypatch, capsys, caplog):
+    if case.setup:
+        case.setup(world)
+    before = snapshot(world)
+    code, out, err = run_case(case, world, monkeypatch, capsys)
+
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert lines, "nothing said"
+    assert "Traceback" not in err and out == "", (out, err)
+    last = lines[-1]
+    if case.argparse:
+        assert re.match(r"mixer-scaling( [\w-]+)*: error: ", last), err
+    else:
+        assert len(lines) == 1 and last.startswith("error: "), err
+    for word in case.mentions:
+        word = fill(word, world)[0]
+        assert word in last, f"{word!r} not in: {last}"
+    warnings = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR") and r.name.startswith("mixer_scaling")]
+    assert not warnings, [r.getMessage() for r in warnings]  # the console would print them as more lines
+    assert snapshot(world) == before  # nothing created (runs/, outputs/, wandb/, .sweeps), changed or lost
+
+
+def test_the_console_script_says_the_same_one_line(world):
+    """One case through a real process (``python -m mixer_scaling.cli``, what the ``mixer-scaling`` script runs):
+    logging configured as for a user, so a warning printed before the error would show here."""
+    corrupt_runs(world)
+    before = snapshot(world)
+    proc = run_cli(["-m", "mixer_scaling.cli", "collect", str(world / "broken_runs"), "-o",
+                    str(world / "results.parquet")], cwd=world)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and proc.stdout == "", proc.stderr
+    assert lines[0].startswith("error: no pre-training records under") and "3 unreadable" in lines[0]
+    assert snapshot(world) == before
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Bad input")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_every_case_is_in_the_readme_table():
+    section = readme_section()
+    rows = {m.group(1) for m in re.finditer(r"^\| `([\w-]+)` \|", section, re.M)}
+    assert rows == set(BY_ID), {"missing in README": sorted(set(BY_ID) - rows),
+                                "not a case": sorted(rows - set(BY_ID))}
