@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from secret_scan import KEY, leaks
 from mixer_scaling.records import read_record
 from mixer_scaling.sweep import load
 
@@ -29,14 +30,15 @@ CLI = [sys.executable, "-m", "mixer_scaling.cli"]
 NO_WANDB = "wandb.mode=disabled"
 
 
-def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
+def run(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def launch(cluster, runs: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", NO_WANDB, "--executor", "slurm",
-                f"hydra.launcher.partition={cluster.partition}", *extra], timeout=timeout)
+def launch(cluster, runs: Path, *extra: str, timeout: float = 120, wandb: str = NO_WANDB,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = run([*CLI, "sweep", "launch", "smoke", f"runs_dir={runs}", wandb, "--executor", "slurm",
+                f"hydra.launcher.partition={cluster.partition}", *extra], timeout=timeout, env=env)
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     return proc
 
@@ -88,8 +90,9 @@ def test_sweep_launch_returns_at_once_and_relaunch_submits_nothing(idle_slurm_cl
     assert "export OMP_NUM_THREADS=1" in dry.stdout and "CPU core-hours" in dry.stdout
     assert not runs.exists() and not idle_slurm_cluster.squeue()
 
+    # A W&B key in the submitting shell reaches the jobs' environment (offline W&B runs), never a file.
     t0 = time.monotonic()
-    proc = launch(idle_slurm_cluster, runs)
+    proc = launch(idle_slurm_cluster, runs, wandb="wandb.mode=auto", env={"WANDB_API_KEY": KEY, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr
     assert "submitted 2 cells as 1 job array(s)" in proc.stdout
     jobs = {e["job_id"] for e in manifest(runs)}
@@ -100,11 +103,17 @@ def test_sweep_launch_returns_at_once_and_relaunch_submits_nothing(idle_slurm_cl
 
     rows = wait_done(idle_slurm_cluster, runs)
     assert {r["state"] for r in rows.values()} == {"done"}, rows
+    for row in rows.values():
+        assert read_record(runs / row["run_id"])["wandb"]["mode"] == "offline"
 
     again = launch(idle_slurm_cluster, runs)
     assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
     assert "skipping 2 done" in again.stdout
     assert len(manifest(runs)) == 2 and not idle_slurm_cluster.squeue()
+    # run dirs, W&B's offline files, the manifest, submitit's sbatch scripts, pickles and job logs
+    assert list((runs / ".sweeps" / "logs").rglob("*.sh")) and list(runs.rglob("*.wandb"))
+    (tmp_path / "printed.txt").write_text(proc.stdout + proc.stderr + again.stdout + again.stderr)
+    assert leaks(tmp_path, KEY) == []
 
 
 def test_failing_cell_is_recorded_and_only_it_is_relaunched(idle_slurm_cluster, tmp_path):
