@@ -17,9 +17,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from conftest import TINY
 from mixer_scaling import checkpoint, records
 from mixer_scaling.config import compose
 from mixer_scaling.records import run_id_of
+
+
+# TINY with a lighter evaluation: these tests are about training state, and every run here evaluates.
+QUICK = [*TINY, "fewshot.datasets=[digits]", "fewshot.shots=[1]", "eval.throughput_batch_sizes=[8]"]
 
 
 class Run:

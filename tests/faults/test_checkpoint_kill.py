@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import signal
 
-from conftest import TINY
-from fault_helpers import Run, losses, same_weights, weights
+from fault_helpers import QUICK, Run, losses, same_weights, weights
 from mixer_scaling import checkpoint, records
 from mixer_scaling.config import compose
 from mixer_scaling.train import run
 
 # Mixer-S/32 on 32x32 images: one token, so a step is cheap, but 19M parameters (+ AdamW's two moments)
 # make a ~220 MB checkpoint, written at every step: a kill lands inside a write.
-STEPS = 12
-OVERRIDES = [*TINY, "model=mixer/s32", "data.image_size=32", "train.batch_size=8",
+STEPS = 8
+OVERRIDES = [*QUICK, "model=mixer/s32", "data.image_size=32", "train.batch_size=8",
              f"train.examples_seen={STEPS * 8}", "train.log_every=1", "train.checkpoint_every=1"]
 KILL_AT = (0.0, 0.25, 0.5, 0.9)  # fraction of the checkpoint's bytes written when SIGKILL arrives
 
@@ -36,31 +35,33 @@ def test_sigkill_mid_checkpoint_write_resumes_from_the_last_complete_one(tmp_pat
     full_size = None
     kills = []
     for fraction in KILL_AT:
+        stale = set(partial_writes(job.run_dir))  # the last kill's leftover: the new attempt must remove it
         job.start()
         if full_size is None:
             job.wait_for(ckpt.exists)
             full_size = ckpt.stat().st_size
-        resumed_from = checkpoint.load(ckpt)["step"] if ckpt.exists() else 0
 
         def writing_past_offset():
-            tmps = partial_writes(job.run_dir)
-            try:
-                return bool(tmps) and job.logged_step() > resumed_from and \
-                    tmps[-1].stat().st_size >= fraction * full_size
-            except FileNotFoundError:  # that write has just completed (renamed): wait for the next one
-                return False
+            for tmp in partial_writes(job.run_dir):
+                try:
+                    if tmp not in stale and tmp.stat().st_size >= fraction * full_size:
+                        return True
+                except FileNotFoundError:  # that write has just completed (renamed): wait for the next one
+                    pass
+            return False
 
         job.wait_for(writing_past_offset, poll=0.001)
         job.send(signal.SIGKILL)
         assert job.finish() == -signal.SIGKILL
-        leftover = partial_writes(job.run_dir)
-        offset = leftover[-1].stat().st_size if leftover else None
+        assert not stale & set(partial_writes(job.run_dir))
+        [leftover] = partial_writes(job.run_dir)
+        offset = leftover.stat().st_size
         # what a correct resume must pick: the newest checkpoint on disk that verifies
         last_complete = checkpoint.load(ckpt)["step"]
         assert job.record()["status"] == "running"  # SIGKILL leaves no chance to close the record
         kills.append((fraction, offset, last_complete))
     # every kill fell inside a write, each at a different place in it
-    assert all(offset is not None and offset < full_size for _, offset, _ in kills), kills
+    assert all(offset < full_size for _, offset, _ in kills), kills
     assert len({offset for _, offset, _ in kills}) == len(KILL_AT), kills
 
     job.start()

@@ -15,8 +15,7 @@ import signal
 
 import pytest
 
-from conftest import TINY
-from fault_helpers import losses, reference, same_weights, weights
+from fault_helpers import QUICK, losses, reference, same_weights, weights
 from mixer_scaling import checkpoint, records
 from mixer_scaling.config import compose
 from mixer_scaling.engine import Interrupted
@@ -29,14 +28,14 @@ STOP_AT = 10  # checkpoints every 4 steps: the stop writes step 10, the one befo
 
 @pytest.fixture(scope="module")
 def clean():
-    return reference(TINY)
+    return reference(QUICK)
 
 
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """A run stopped by SIGTERM at step 10: checkpoint.pt (step 10), checkpoint.prev.pt (step 8)."""
     runs_dir = tmp_path_factory.mktemp("stopped")
-    cfg = compose([*TINY, f"runs_dir={runs_dir}"])
+    cfg = compose([*QUICK, f"runs_dir={runs_dir}"])
     append = MetricsLog.append
 
     def stop(self, row):
@@ -55,7 +54,7 @@ def stopped_run(stopped, tmp_path):
     """A copy of the stopped run to damage, and its config."""
     runs_dir = tmp_path / "runs"
     shutil.copytree(stopped, runs_dir / stopped.name)
-    cfg = compose([*TINY, f"runs_dir={runs_dir}"])
+    cfg = compose([*QUICK, f"runs_dir={runs_dir}"])
     assert checkpoint.load(runs_dir / stopped.name / records.CHECKPOINT_FILE)["step"] == STOP_AT
     return cfg, runs_dir / stopped.name
 
@@ -91,7 +90,7 @@ def saved(tmp_path_factory):
 
     from mixer_scaling.models import build_model
 
-    model = build_model(compose(TINY).model, num_classes=100, image_size=32)
+    model = build_model(compose(QUICK).model, num_classes=100, image_size=32)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     path = tmp_path_factory.mktemp("ckpt") / records.CHECKPOINT_FILE
@@ -169,3 +168,13 @@ def test_damaged_result_json_is_set_aside_and_the_run_goes_on(tmp_path, stopped,
     assert (run_dir / "result.json.corrupt").exists()
     # the counters came back from the checkpoint: the cost covers both attempts' training
     assert done["train_seconds"] > 0 and done["attempts"] == 1
+
+
+def test_a_save_cut_off_between_its_renames_resumes_from_the_previous_one(tmp_path, stopped, clean):
+    """SIGKILL after ``checkpoint.pt`` → ``checkpoint.prev.pt`` and before temp → ``checkpoint.pt``."""
+    cfg, run_dir = stopped_run(stopped, tmp_path)
+    (run_dir / records.CHECKPOINT_FILE).rename(run_dir / "checkpoint.prev.pt")  # step 10's file, now the previous
+    done = finishes_like(clean, cfg, run_dir)
+    assert [e["message"] for e in done["events"]] == [
+        "checkpoint.pt is missing (a save was cut off between its renames)",
+        "resuming from checkpoint.prev.pt (step 10)"]

@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import TINY
-from fault_helpers import losses, reference, same_weights, weights
+from fault_helpers import QUICK, losses, reference, same_weights, weights
 from mixer_scaling import checkpoint, records
 from mixer_scaling.checkpoint import CheckpointWriteError
 from mixer_scaling.config import compose
@@ -45,7 +44,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_mid_checkpoint_fails_clearly_and_keeps_the_previous_one(small_disk, monkeypatch):
-    clean = reference(TINY)
+    clean = reference(QUICK)
     ckpt_size = (records.Path(clean["run_dir"]) / records.CHECKPOINT_FILE).stat().st_size
     disk, mount = small_disk
     on_tmpfs = mount(ckpt_size * 3 // 2 + SLACK)
@@ -61,7 +60,7 @@ def test_disk_full_mid_checkpoint_fails_clearly_and_keeps_the_previous_one(small
             return real_write_temp(path, data)
 
         monkeypatch.setattr(checkpoint, "write_temp", full_after_first)
-    cfg = compose([*TINY, f"runs_dir={disk / 'runs'}"])
+    cfg = compose([*QUICK, f"runs_dir={disk / 'runs'}"])
     run_dir = disk / "runs" / run_id_of(cfg)
 
     with pytest.raises(CheckpointWriteError):

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import random
 
-from conftest import TINY
-from fault_helpers import SIGNALS, Run, losses, metrics_lines, same_weights, weights
-from mixer_scaling.config import compose
-from mixer_scaling.train import run
+from fault_helpers import QUICK, SIGNALS, Run, reference, losses, metrics_lines, same_weights, weights
 
 EXIT_INTERRUPTED = 75
-STEPS = 48
-OVERRIDES = [*TINY, f"train.examples_seen={STEPS * 64}", "train.log_every=1", "train.checkpoint_every=16"]
+STEPS = 44
+OVERRIDES = [*QUICK, "train.batch_size=32", f"train.examples_seen={STEPS * 32}", "train.log_every=1",
+             "train.checkpoint_every=16"]
 
 
 def stop_points(n: int, seed: int = 20261121) -> list[int]:
@@ -29,7 +27,7 @@ def stop_points(n: int, seed: int = 20261121) -> list[int]:
 
 
 def test_ten_preemptions_at_random_points_resume_bit_identical(tmp_path):
-    clean = run(compose([*OVERRIDES, f"runs_dir={tmp_path / 'clean'}"]))
+    clean = reference(OVERRIDES)
 
     job = Run([*OVERRIDES, f"runs_dir={tmp_path / 'cut'}"], cwd=tmp_path)
     stops = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from fault_helpers import QUICK
 from mixer_scaling import records
 from mixer_scaling.config import compose
 from mixer_scaling.train import run
@@ -41,7 +41,7 @@ def test_unreachable_wandb_falls_back_to_offline_and_the_record_is_complete(tmp_
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2 + "01234567")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = compose([*TINY, f"runs_dir={tmp_path / 'runs'}", "wandb.mode=online", "wandb.init_timeout=3"])
+    cfg = compose([*QUICK, f"runs_dir={tmp_path / 'runs'}", "wandb.mode=online", "wandb.init_timeout=3"])
     with caplog.at_level("WARNING"):
         rec = run(cfg)
 
