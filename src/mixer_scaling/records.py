@@ -130,21 +130,26 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_record(run_dir: Path) -> dict | None:
-    """The run's record, or None when there is none yet; :class:`CorruptFile` if it is not a JSON object."""
+    """The run's record, or None when there is none yet; :class:`CorruptFile` (naming the file and what is
+    wrong, in one line) if it is empty, unreadable, not JSON (truncated or damaged) or not a JSON object."""
     path = Path(run_dir) / RESULT_FILE
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CorruptFile(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise CorruptFile(path, f"unreadable ({type(exc).__name__}: {exc.strerror or exc})") from exc
     try:
-        record = json.loads(text)
+        record = json.loads(data)
     except json.JSONDecodeError as exc:
-        raise CorruptFile(path, f"invalid JSON at line {exc.lineno} column {exc.colno} "
-                                f"({len(text)} bytes; truncated or damaged)") from exc
+        if not data.strip():
+            raise CorruptFile(path, "empty file") from exc
+        raise CorruptFile(path, f"invalid JSON at line {exc.lineno} column {exc.colno} of {len(data)} bytes: "
+                                f"{exc.msg} (truncated or damaged)") from exc
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError) and the like
+        raise CorruptFile(path, f"not a JSON text ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     if not isinstance(record, dict):
-        raise CorruptFile(path, f"holds a JSON {type(record).__name__}, not a record object")
+        raise CorruptFile(path, f"a JSON {type(record).__name__}, not a record object")
     return record
 
 

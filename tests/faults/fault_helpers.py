@@ -28,14 +28,14 @@ QUICK = [*TINY, "fewshot.datasets=[digits]", "fewshot.shots=[1]", "eval.throughp
 
 
 class Run:
-    """``python -m mixer_scaling.train <overrides>`` in ``cwd``, as a user (or a SLURM job) starts it."""
+    """The train entry point with ``overrides`` in ``cwd``, one new process per :meth:`start` (an attempt)."""
 
     def __init__(self, overrides: list[str], cwd: Path, env: dict | None = None):
         self.overrides, self.cwd = list(overrides), Path(cwd)
         cfg = compose(self.overrides)
         self.run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc: subprocess.Popen | None = None
+        self.proc: multiprocessing.Process | None = None
         self.attempt = 0
 
     def start(self) -> "Run":

@@ -46,13 +46,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from ..errors import UserError, one_line
+from ..errors import CorruptFile, UserError, one_line
+from ..records import DONE, FAILED, INTERRUPTED, RESULT_FILE, RUNNING, STATUSES, read_record
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-DONE, FAILED, RUNNING, INTERRUPTED = "done", "failed", "running", "interrupted"
-STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
 
 COLUMNS = [
     "run_id", "family", "model", "size", "patch", "params", "flops_per_image", "fraction", "train_size",
@@ -252,21 +250,11 @@ def _load(path: Path) -> tuple[dict | None, str]:
     """A record, or (None, what is wrong with it): unreadable, not JSON (a truncated or half-written file),
     not a JSON object, an unknown status or missing fields. Never raises for a bad file."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return None, f"unreadable ({type(exc).__name__}: {one_line(exc)})"
-    try:
-        rec = json.loads(data)
-    except json.JSONDecodeError as exc:
-        if not data.strip():
-            return None, "empty file"
-        return None, (f"invalid JSON at line {exc.lineno} column {exc.colno} of {len(data)} bytes: {exc.msg} "
-                      "(truncated or damaged)")
-    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError) and the like
-        return None, f"not a JSON text ({type(exc).__name__}: {one_line(exc)})"
-    if not isinstance(rec, dict):
-        return None, f"a JSON {type(rec).__name__}, not a record object"
+        rec = read_record(path.parent)
+    except CorruptFile as exc:
+        return None, exc.problem
+    if rec is None:
+        return None, "unreadable (it vanished while being read)"
     missing = [k for k in REQUIRED_FIELDS if rec.get(k) in (None, "")]
     if missing:
         return None, f"missing required field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
