@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test models clean
+.PHONY: install demo test models bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: install
 
 models: install
 	$(BIN)/mixer-scaling models
+
+# Speed against the hardware and the peers, one table; writes benchmarks/results/ (~6 min on 2 cores).
+bench: install
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf runs outputs multirun wandb .pytest_cache

@@ -37,10 +37,11 @@ def training_rate(model, opt, x, y) -> float:
     return BATCH / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def rates(repeats: int = REPEATS) -> dict[str, tuple[float, float]]:
+    """model → (median generation img/s, median training img/s), measured interleaved."""
     data = build_data(compose([]).data)
     x, y = data.train.__getitems__(list(range(BATCH)))
-    print(f"{'model':<12}{'generate img/s':>16}{'train img/s':>14}{'ratio':>8}  goal >= 10")
+    out = {}
     for name in ("mixer/tiny", "vit/tiny", "bit/tiny"):
         torch.manual_seed(0)
         model = build_model({"name": name}, data.num_classes, data.image_size)
@@ -48,10 +49,31 @@ def main() -> None:
         training_rate(model, opt, x, y)  # warm-up
         generation_rate(data.train, 1)
         gen, tr = [], []
-        for i in range(REPEATS):
+        for i in range(repeats):
             gen.append(generation_rate(data.train, 2 + i))
             tr.append(training_rate(model, opt, x, y))
-        g, t = statistics.median(gen), statistics.median(tr)
+        out[name] = (statistics.median(gen), statistics.median(tr))
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows for benchmarks/run.py: one per tiny model, the ratio against the goal >= 10."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import row, set_threads
+
+    threads = set_threads()
+    return [row("7 data generation / training", f"{name} @32 b{BATCH}: generated / trained img/s", g / t, ">= 10", "x",
+                f"generate {g:.0f} img/s (1 thread, in the training process), train {t:.0f} img/s "
+                f"(fp32 CPU x{threads}), median of {3 if quick else REPEATS}")
+            for name, (g, t) in rates(3 if quick else REPEATS).items()]
+
+
+def main() -> None:
+    print(f"{'model':<12}{'generate img/s':>16}{'train img/s':>14}{'ratio':>8}  goal >= 10")
+    for name, (g, t) in rates().items():
         print(f"{name:<12}{g:>16.0f}{t:>14.0f}{g / t:>8.1f}  {'met' if g / t >= 10 else 'MISSED'}")
 
 

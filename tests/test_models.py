@@ -140,6 +140,72 @@ def test_our_mixer_reproduces_timm_logits(name):
     assert (got_tanh - want).abs().max() > 1e-4
 
 
+def _timm_twin(ours: nn.Module, name: str) -> nn.Module:
+    k = get_spec(name).kwargs
+    ratio = (k["tokens_mlp_dim"] / k["embed_dim"], k["channels_mlp_dim"] / k["embed_dim"])
+    ref = TimmMlpMixer(num_classes=ours.num_classes, img_size=ours.img_size, patch_size=k["patch_size"],
+                       num_blocks=k["num_blocks"], embed_dim=k["embed_dim"], mlp_ratio=ratio)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ref
+
+
+def test_training_step_gradients_match_timm():
+    # Our blocks run token-major with fused bias/residual products; loss and every gradient are timm's.
+    torch.manual_seed(0)
+    ours = build_model({"name": "mixer/tiny"}, num_classes=10)
+    _randomise_head(ours)
+    ref = _timm_twin(ours, "mixer/tiny")
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    losses = {}
+    for key, model in (("ours", ours), ("timm", ref)):
+        model.train()
+        losses[key] = nn.functional.cross_entropy(model(x), y)
+        losses[key].backward()
+    torch.testing.assert_close(losses["ours"], losses["timm"], rtol=0, atol=1e-5)
+    want = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+        torch.testing.assert_close(p.grad, want[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dropout_and_drop_path_at_a_vanishing_rate_change_nothing():
+    # In training mode the token-major block goes through dropout and stochastic depth (on the batch axis,
+    # which is axis 1 there); at a vanishing rate (every sample kept, scale 1 + 1e-9) the output is eval's.
+    torch.manual_seed(0)
+    plain = MlpMixer(num_classes=5, img_size=16, patch_size=4, num_blocks=2, embed_dim=16, tokens_mlp_dim=8,
+                     channels_mlp_dim=32)
+    _randomise_head(plain)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        want = plain.eval()(x)
+    for kwargs in ({"drop_path_rate": 1e-9}, {"proj_drop_rate": 1e-9}):
+        other = MlpMixer(num_classes=5, img_size=16, patch_size=4, num_blocks=2, embed_dim=16, tokens_mlp_dim=8,
+                         channels_mlp_dim=32, **kwargs)
+        other.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            got = other.train()(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_as_timm_does():
+    from timm.layers import DropPath as TimmDropPath
+
+    from mixer_scaling.models.mixer import DropPath
+
+    x = torch.randn(7, 6, 5)  # (S, B, C): the batch on axis 1
+    ours, ref = DropPath(0.4, batch_dim=1).train(), TimmDropPath(0.4).train()
+    torch.manual_seed(3)
+    got = ours(x)
+    torch.manual_seed(3)
+    want = ref(x.transpose(0, 1)).transpose(0, 1)  # timm's batch is axis 0: the same draws, per sample
+    torch.testing.assert_close(got, want)
+    dropped = (got == 0).all(dim=(0, 2))
+    assert 0 < dropped.sum() < 6
+    torch.testing.assert_close(got[:, ~dropped], x[:, ~dropped] / 0.6)
+    assert repr(ours) == repr(ref) == "DropPath(drop_prob=0.400)"
+    assert torch.equal(ours.eval()(x), x)
+
+
 def test_gelu_option_builds_the_right_activation():
     exact = build_model({"name": "mixer/tiny"}, 10)
     tanh = build_model({"name": "mixer/tiny", "gelu": "tanh"}, 10)

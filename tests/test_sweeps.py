@@ -126,6 +126,46 @@ def test_cells_share_run_ids_with_plain_runs():
     assert run_id_of(compose([*plain, *smoke_values])) == cell.run_id
 
 
+def test_compose_many_gives_what_compose_gives(paper_roots, tmp_path):
+    """The grid composer (defaults composed once per group choice, values applied by Hydra's own
+    function) returns exactly compose(cell) for every cell, errors included."""
+    from omegaconf import OmegaConf
+
+    from mixer_scaling.config import compose, compose_many, grid
+    from mixer_scaling.errors import ConfigError
+
+    grids = [grid(["+sweep=" + name, *(paper_roots if name in ("pareto", "data_scaling") else []), "seed=0,1"])
+             for name in known_sweeps()]
+    odd = [["+sweep=smoke", "model=vit/micro", "+extra.key=3", "train.lr=${train.weight_decay}"],
+           ["data=cifar10", f"data.root={tmp_path}", "~train.mixup", "eval={batch_size: 7}", "seed=4"],
+           ["data=imagefolder", "data.fraction=0.3", "study=x", "runs_dir=/tmp/r", "++progress=false"],
+           ["model=mixer/tiny", "data.image_size=64", "train.batch_size=32", "hydra.launcher.partition=x"]]
+    cells = [c for g in grids for c in g] + odd
+    assert len(cells) > 100
+    for cell, got in zip(cells, compose_many(cells), strict=True):
+        assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(compose(cell)), cell
+        assert OmegaConf.is_struct(got) == OmegaConf.is_struct(compose(cell))
+    for bad in (["train.nope=1"], ["model=mixer/x9"], ["seed=1,2"], ["data.fraction=[1"], ["+train.lr=1"],
+                ["~fewshot.root"]):
+        with pytest.raises(ConfigError) as want:
+            compose(bad)
+        with pytest.raises(ConfigError) as got:
+            list(compose_many([["seed=0"], bad]))
+        assert str(got.value) == str(want.value), bad
+
+
+def test_fast_missing_keys_match_omegaconf(paper_roots):
+    from omegaconf import OmegaConf
+
+    from mixer_scaling.config import compose, missing_keys
+
+    for overrides in ([], ["data=imagefolder"], ["+sweep=pareto", "model=mixer/s32"], ["data=cifar10"]):
+        cfg = compose(overrides)
+        assert missing_keys(cfg) == OmegaConf.missing_keys(cfg)
+    cfg = OmegaConf.create({"a": "???", "b": [1, "???", {"c": "???"}], "d": {"e": None, "f": "${b}"}, "g": None})
+    assert missing_keys(cfg) == OmegaConf.missing_keys(cfg) == {"a", "b[1]", "b[2].c"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Resources
 # ---------------------------------------------------------------------------------------------

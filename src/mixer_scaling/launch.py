@@ -34,7 +34,6 @@ import submitit
 from omegaconf import OmegaConf, open_dict
 
 from .config import compose
-from .engine import Interrupted
 from .errors import ConfigError, UserError, one_line
 from .records import FAILED, record_failure, run_id_of
 from .sweep import DONE, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
@@ -59,6 +58,7 @@ class CellJob(submitit.helpers.Checkpointable):
     the run itself resumes from its run directory."""
 
     def __call__(self, config: dict) -> dict:
+        from .engine import Interrupted  # here, not at the top: the launcher itself never trains
         from .train import run
 
         if not logging.getLogger().handlers:  # the run's progress lines, in the job's log file
@@ -89,14 +89,18 @@ def cell_gflops(model: str, image_size: int, num_classes: int) -> float:
 
 
 def _num_classes(cell: Cell) -> int:
-    n = cell.cfg.data.get("num_classes")
+    n = cell.value("data.num_classes")
     return int(n) if isinstance(n, int) else 1000  # an image folder's class count is only known from disk
+
+
+def _gflops(cell: Cell) -> float:
+    return cell_gflops(cell.value("model.name"), int(cell.value("data.image_size")), _num_classes(cell))
 
 
 def preset_for(cell: Cell, forced: str | None) -> str:
     if forced:
         return forced
-    gflops = cell_gflops(cell.cfg.model.name, int(cell.cfg.data.image_size), _num_classes(cell))
+    gflops = _gflops(cell)
     return next(name for name, bound in PRESET_GFLOPS if gflops <= bound)
 
 
@@ -234,9 +238,9 @@ def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = D
         raise ConfigError(f"--gpu-tflops={gpu_tflops} is not allowed; expected a number > 0")
     by_unit: dict[str, float] = {}
     for cell in cells:
-        fwd = cell_gflops(cell.cfg.model.name, int(cell.cfg.data.image_size), _num_classes(cell)) * 1e9
+        fwd = _gflops(cell) * 1e9
         unit = "CPU core" if presets[cell.run_id] == "cpu" else "GPU"
-        by_unit[unit] = by_unit.get(unit, 0.0) + 3 * fwd * int(cell.cfg.train.examples_seen)
+        by_unit[unit] = by_unit.get(unit, 0.0) + 3 * fwd * int(cell.value("train.examples_seen"))
     costs = []
     for unit, flops in by_unit.items():
         peak = cpu_core_gflops() * 1e9 if unit == "CPU core" else gpu_tflops * 1e12
@@ -303,9 +307,9 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
     for cell in todo:  # DDP splits the global batch over every task of the job
         par = params[presets[cell.run_id]]
         ranks = int(par.get("nodes") or 1) * int(par.get("tasks_per_node") or 1)
-        if executor != "debug" and int(cell.cfg.train.batch_size) % ranks:
-            raise ConfigError(f"train.batch_size={cell.cfg.train.batch_size} does not split over the {ranks} tasks "
-                              f"of resources {presets[cell.run_id]} ({cell.label}); allowed: a multiple of {ranks}")
+        if executor != "debug" and int(cell.value("train.batch_size")) % ranks:
+            raise ConfigError(f"train.batch_size={cell.value('train.batch_size')} does not split over the {ranks} "
+                              f"tasks of resources {presets[cell.run_id]} ({cell.label}); allowed: a multiple of {ranks}")
     chunk = max(1, len(todo))
     check_cluster = check_cluster and executor == "slurm"
     if check_cluster:
@@ -319,7 +323,7 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
     out = Plan(sweep, executor, states, todo, presets, params, chunk)
     if check_cluster:  # all or nothing: every array must be acceptable before the first is submitted
         for preset, cells in out.groups():
-            ex = make_executor("slurm", params[preset], out.log_folder(cells[0].cfg.runs_dir), sweep.name)
+            ex = make_executor("slurm", params[preset], out.log_folder(cells[0].value("runs_dir")), sweep.name)
             check_sbatch(sbatch_script(ex, len(cells)), f"the {preset} array of {len(cells)} cells")
     return out
 
@@ -340,7 +344,7 @@ def submit(p: Plan) -> list[tuple[Cell, str]]:
     """Submit every chunk as one array job; returns (cell, job id) pairs, remembered in the manifest."""
     submitted = []
     for preset, cells in p.groups():
-        runs_dir = Path(cells[0].cfg.runs_dir)
+        runs_dir = Path(cells[0].value("runs_dir"))
         folder = p.log_folder(runs_dir)
         ex = make_executor(p.executor, p.params[preset], folder, f"{p.sweep.name}")
         try:
@@ -366,6 +370,8 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
     """local / debug: run the cells on this machine, ``parallel`` at a time (debug: one, in-process).
     A failing cell is recorded and the others go on; ``on_done(cell, status, seconds, console)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .engine import Interrupted
 
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
@@ -393,10 +399,10 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
                     continue
                 preset = p.presets[cell.run_id]
                 if preset not in executors:
-                    executors[preset] = make_executor(p.executor, p.params[preset], p.log_folder(cell.cfg.runs_dir),
-                                                      p.sweep.name)
+                    folder = p.log_folder(cell.value("runs_dir"))
+                    executors[preset] = make_executor(p.executor, p.params[preset], folder, p.sweep.name)
                 job = executors[preset].submit(CellJob(), config)
-                p.sweep.remember([cell], [job.job_id], p.executor, p.log_folder(cell.cfg.runs_dir))
+                p.sweep.remember([cell], [job.job_id], p.executor, p.log_folder(cell.value("runs_dir")))
                 running.append((cell, job, time.perf_counter()))
                 bar.update(task, now=", ".join(c.label for c, _, _ in running))
             finished = [r for r in running if r[1].done()]

@@ -12,6 +12,7 @@ job id, executor), which is how ``sweep status`` and a relaunch tell a queued ce
 
 from __future__ import annotations
 
+import copy
 import getpass
 import json
 import subprocess
@@ -22,7 +23,7 @@ from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose, grid, group_options, validate
+from .config import compose_many, grid, group_options, validate
 from .errors import ConfigError
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, read_record, run_id_of
 
@@ -61,14 +62,27 @@ class Cell:
     cfg: DictConfig
     run_id: str
     axes: dict = field(default_factory=dict)  # the swept keys → this cell's value
+    resolved: dict | None = field(default=None, repr=False, compare=False)  # cfg as plain data, if known
+
+    def value(self, key: str):
+        """A resolved config value by dotted key (``"train.batch_size"``; None if absent), read from the
+        plain copy when the sweep kept one: ~20x faster than going through the DictConfig."""
+        if self.resolved is None:
+            return OmegaConf.select(self.cfg, key)
+        node = self.resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg.runs_dir) / self.run_id
+        return Path(self.value("runs_dir")) / self.run_id
 
     @property
     def config(self) -> dict:
         """The resolved config as plain data: what a job receives (fixed at launch, whatever conf/ becomes)."""
+        if self.resolved is not None:
+            return copy.deepcopy(self.resolved)
         return OmegaConf.to_container(self.cfg, resolve=True)
 
     @property
@@ -90,7 +104,7 @@ class Sweep:
 
     @property
     def runs_dirs(self) -> list[Path]:
-        return sorted({Path(c.cfg.runs_dir) for c in self.cells})
+        return sorted({Path(c.value("runs_dir")) for c in self.cells})
 
     def manifest_path(self, runs_dir: Path) -> Path:
         return Path(runs_dir) / MANIFEST_DIR / f"{self.name}.jsonl"
@@ -119,7 +133,7 @@ class Sweep:
         for cell, job_id in zip(cells, job_ids):
             entry = {"run_id": cell.run_id, "job_id": str(job_id), "executor": executor, "submitted_at": now,
                      "label": cell.label, "log_folder": str(log_folder)}
-            by_dir.setdefault(Path(cell.cfg.runs_dir), []).append(json.dumps(entry, sort_keys=True))
+            by_dir.setdefault(Path(cell.value("runs_dir")), []).append(json.dumps(entry, sort_keys=True))
         for runs_dir, lines in by_dir.items():
             path = self.manifest_path(runs_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,19 +155,21 @@ def load(name: str, overrides: Sequence[str] = (), progress: bool = True) -> Swe
     base = [f"+{SWEEP_GROUP}={name}"]
     cells_overrides = grid([*base, *run_overrides])
     swept = _swept_keys(cells_overrides)
-    cells, seen = [], {}
+    cells, seen, validated = [], {}, set()
+    configs = compose_many(cells_overrides)  # the defaults composed once per distinct group choice
     for ov in _progress(cells_overrides, f"composing {len(cells_overrides)} cells of {name}", progress):
-        cfg = compose(ov)
+        cfg = next(configs)
+        resolved = OmegaConf.to_container(cfg, resolve=True)  # once: for the checks, the run id and the job
         try:
-            validate(cfg)
+            validate(cfg, resolved, validated)
         except ConfigError as exc:
             raise ConfigError(f"cell {' '.join(o for o in ov if o not in base)}: {exc}") from None
-        run_id = run_id_of(cfg)
+        run_id = run_id_of(resolved)
         axes = {k: v for k, v in (o.split("=", 1) for o in ov) if k in swept}
         if run_id in seen:  # e.g. an axis that does not change what is computed (progress=true,false)
             continue
         seen[run_id] = True
-        cells.append(Cell(list(ov), cfg, run_id, axes))
+        cells.append(Cell(list(ov), cfg, run_id, axes, resolved))
     return Sweep(name, cells, launcher_overrides)
 
 

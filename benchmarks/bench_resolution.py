@@ -1,0 +1,106 @@
+"""4. Cost as images grow: Mixer-B/16 vs ViT-B/16 inference throughput at increasing resolution.
+
+    .venv/bin/python benchmarks/bench_resolution.py [--quick] [--device cpu|cuda]
+
+At 224, 448, 672 and 896 pixels (196 to 3136 tokens) both models are built for that resolution and
+timed interleaved, with a batch that keeps the tokens per forward pass about constant (16 images at
+224, 1 at 896), so every point uses the machine equally well. The growth exponent is the slope of
+log(seconds per image) against log(tokens) between the smallest and the largest resolution:
+1 for cost linear in the number of tokens (Mixer: its token-mixing MLP has a fixed hidden width D_S),
+up to 2 for quadratic (ViT's self-attention; at these sizes its linear layers still dominate, so its
+exponent sits in between and rises with resolution). Goal: Mixer's exponent <= 1.15 (linear);
+ViT's is reported beside its FLOP-count exponent, and the Mixer/ViT throughput ratio at every size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import build, forward_fn  # noqa: E402
+from common import interleave, median, print_rows, row, set_threads  # noqa: E402
+
+BENCH = "4 cost vs resolution"
+MODELS = {"mixer": "mixer/b16", "vit": "vit/b16"}
+SIZES = (224, 448, 672, 896)
+TOKENS_PER_PASS = 16 * 196
+
+
+def curve(device, sizes, repeats: int) -> dict[str, dict[int, float]]:
+    """Seconds per image for each model at each size (medians of interleaved timings)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    out: dict[str, dict[int, float]] = {k: {} for k in MODELS}
+    for size in sizes:
+        tokens = (size // 16) ** 2
+        bs = max(1, round(TOKENS_PER_PASS * (8 if cuda else 1) / tokens))
+        x = torch.randn(bs, 3, size, size, device=device)
+        models = {k: build(n, size, device) for k, n in MODELS.items()}
+        times = interleave({k: forward_fn(m, x, cuda) for k, m in models.items()}, repeats, 1, device)
+        for k, ts in times.items():
+            out[k][size] = median(ts) / bs
+        del models
+    return out
+
+
+def exponent(per_image: dict[int, float]) -> float:
+    sizes = sorted(per_image)
+    lo, hi = sizes[0], sizes[-1]
+    return math.log(per_image[hi] / per_image[lo]) / math.log(((hi // 16) ** 2) / ((lo // 16) ** 2))
+
+
+def measure(device, quick: bool) -> list[dict]:
+    import torch
+
+    from mixer_scaling.models import forward_flops
+
+    sizes = SIZES[:2] if quick else SIZES
+    sec = curve(device, sizes, repeats=2 if quick else 3)
+    where = f"bf16 {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
+        f"fp32 CPU x{torch.get_num_threads()}"
+    flops = {k: {s: forward_flops(n, s) for s in sizes} for k, n in MODELS.items()}
+    rows = []
+    for k, name in MODELS.items():
+        flop_exp = exponent(flops[k])
+        pts = ", ".join(f"{s}px: {1 / sec[k][s]:.2f}" for s in sizes)
+        rows.append(row(BENCH, f"{name} time/img growth exponent vs tokens ({where})", exponent(sec[k]),
+                        "<= 1.15" if k == "mixer" else "", "",
+                        f"FLOPs exponent {flop_exp:.2f}; img/s {pts}"))
+    for s in sizes:
+        tokens = (s // 16) ** 2
+        r = row(BENCH, f"mixer/b16 / vit/b16 img/s at {s}px ({tokens} tokens)", sec["vit"][s] / sec["mixer"][s],
+                "", "x", f"{1 / sec['mixer'][s]:.2f} vs {1 / sec['vit'][s]:.2f} img/s; FLOPs ratio "
+                         f"{flops['vit'][s] / flops['mixer'][s]:.2f} ({flops['mixer'][s] / 1e9:.0f} vs "
+                         f"{flops['vit'][s] / 1e9:.0f} GFLOPs/img)")
+        r["extra"] = {"size": s, "tokens": tokens, "device": device.type, "mixer_s_per_img": sec["mixer"][s],
+                      "vit_s_per_img": sec["vit"][s], "mixer_flops": flops["mixer"][s], "vit_flops": flops["vit"][s]}
+        rows.append(r)
+    return rows
+
+
+def run(quick: bool = False, device: str | None = None) -> list[dict]:
+    import torch
+
+    set_threads()
+    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for dev in devices:
+        rows += measure(torch.device(dev), quick)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    print_rows(run(args.quick, args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

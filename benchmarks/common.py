@@ -1,0 +1,205 @@
+"""What every benchmark shares: the row format, timing (warm-up, interleaved repeats, medians), the
+thread count, the machine's matmul peak and a description of the machine.
+
+A benchmark module exposes ``run(quick: bool = False) -> list[dict]``; each row is
+``{benchmark, metric, value, goal, unit, met, note}`` (:func:`row`). ``goal`` is text such as
+``">= 1.10"`` or ``"<= 10"`` (empty: reported, no goal), ``met`` is True/False (None without a goal or a
+value). Benchmarks measure; they never raise for a missed goal, and a benchmark that cannot run here
+returns its rows with ``value=None`` and the reason in ``note``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT / "src") not in sys.path:  # runnable from a checkout without the editable install too
+    sys.path.insert(0, str(ROOT / "src"))
+
+FIELDS = ("benchmark", "metric", "value", "goal", "unit", "met", "note")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------
+
+
+def row(benchmark: str, metric: str, value: float | None, goal: str = "", unit: str = "", note: str = "") -> dict:
+    """One result. ``goal`` is ``">= x"`` or ``"<= x"`` (or ``""``); ``met`` follows from it."""
+    return {"benchmark": benchmark, "metric": metric, "value": None if value is None else float(value),
+            "goal": goal, "unit": unit, "met": goal_met(value, goal), "note": note}
+
+
+def parse_goal(goal: str) -> tuple[str, float] | None:
+    goal = (goal or "").strip()
+    for op in (">=", "<="):
+        if goal.startswith(op):
+            return op, float(goal[len(op):].split()[0])
+    return None
+
+
+def goal_met(value: float | None, goal: str) -> bool | None:
+    parsed = parse_goal(goal)
+    if parsed is None or value is None:
+        return None
+    op, target = parsed
+    return value >= target if op == ">=" else value <= target
+
+
+def failed_rows(benchmark: str, metrics: Iterable[tuple[str, str, str]], why: str) -> list[dict]:
+    """Rows for a benchmark that could not run: ``metrics`` = (metric, goal, unit)."""
+    return [row(benchmark, m, None, goal, unit, note=why) for m, goal, unit in metrics]
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads, timing
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_threads() -> int:
+    """Threads every benchmark uses: ``BENCH_THREADS``, else the cores this process may run on."""
+    env = os.environ.get("BENCH_THREADS")
+    if env:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads() -> int:
+    import torch
+
+    n = bench_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device=None) -> float:
+    """Wall seconds of one call (synchronising a CUDA device before and after)."""
+    if device is not None:
+        sync(device)
+    t0 = time.perf_counter()
+    fn()
+    if device is not None:
+        sync(device)
+    return time.perf_counter() - t0
+
+
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device=None,
+               on_step: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each function, A/B/C/A/B/C...: ``warmup`` untimed rounds, then ``repeats``
+    timed ones (the order rotates every round, so no function always follows the same one). Ratios of
+    the medians then hold on a machine whose load drifts."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            timed(fns[name], device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(timed(fns[name], device))
+        if on_step:
+            on_step()
+    return times
+
+
+def median(xs: Iterable[float]) -> float:
+    return statistics.median(list(xs))
+
+
+def matmul_fn(device=None, dtype=None, n: int = 2048) -> tuple[Callable[[], object], float]:
+    """(a function doing one n×n by n×n torch.mm, its FLOPs): the machine's matmul peak, timed by the
+    caller interleaved with what it is compared to."""
+    import torch
+
+    device = device or torch.device("cpu")
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return (lambda: torch.mm(a, b, out=out)), 2.0 * n ** 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The vector extensions that decide float32/bf16 matmul speed (AVX-512, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+                return " ".join(keep)
+    except OSError:
+        pass
+    return ""
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "date": _dt.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "threads": bench_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        info["timm"] = "missing"
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["git"] = ""
+    try:
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return info
+
+
+def print_rows(rows: list[dict]) -> None:
+    """A plain table, for running one benchmark module alone."""
+    for r in rows:
+        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
+        met = {True: "met", False: "MISSED", None: ""}[r["met"]]
+        print(f"{r['benchmark']:<28} {r['metric']:<44} {value:>10} {r['unit']:<9} {r['goal']:<9} {met:<6} {r['note']}")
