@@ -13,7 +13,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -48,6 +48,7 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bo
     """
     if not with_hydra:  # resources presets fill hydra.launcher too: neither changes the run config
         overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "resources="))]
+    _check_line_breaks(overrides)
     for o in overrides:
         _check_group_choice(o)
     GlobalHydra.instance().clear()
@@ -186,8 +187,17 @@ def _check_group_choice(override: str) -> None:
             raise ConfigError(f"{key}={choice!r} is not a known {key} config; choose one of: {', '.join(options)}")
 
 
+_TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
 def _explain(exc: Exception) -> str:
     msg = str(exc)
+    cause = str(exc.__cause__ or "")
+    bad_type = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", cause)
+    key = re.search(r"full_key: (\S+)", cause)
+    if bad_type and key:
+        expected = _TYPE_NAMES.get(bad_type.group(2), bad_type.group(2))
+        return f"{key.group(1)}={bad_type.group(1)!r} is not allowed; expected {expected}"
     m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
     if m:
         key = m.group(1)
@@ -232,7 +242,15 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
     return [list(cell) for cell in itertools.product(*axes.values())]
 
 
+def _check_line_breaks(overrides: Sequence[str]) -> None:
+    """An unquoted line break in an override: Hydra's lexer would only say where it stopped reading."""
+    for o in overrides:
+        if ("\n" in o or "\r" in o) and "'" not in o and '"' not in o:
+            raise ConfigError(f"invalid override {o!r}: it holds a line break; expected key=value on one line")
+
+
 def _parse(overrides: Sequence[str]):
+    _check_line_breaks(overrides)
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:
@@ -366,7 +384,37 @@ def check_launcher(overrides: Sequence[str]) -> DictConfig:
     if resources and resources[-1] != "null" and not (launcher and launcher[-1] in SUBMITIT_LAUNCHERS):
         raise ConfigError(f"resources={resources[-1]} sets a submitit launcher's resources; add hydra/launcher=slurm "
                           f"(or local): allowed launchers with resources: {', '.join(SUBMITIT_LAUNCHERS)}")
-    return compose(fixed, with_hydra=True, resolve=False).hydra
+    hydra_cfg = compose(fixed, with_hydra=True, resolve=False).hydra
+    if launcher and launcher[-1] in SUBMITIT_LAUNCHERS:
+        try:
+            node = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
+        except Exception:  # parts resolve only inside the running app; their values are not ours to check
+            node = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+        check_launcher_values(node)
+    return hydra_cfg
+
+
+# Launcher values that must be whole numbers at least this large (hydra-submitit-launcher's schema types them).
+LAUNCHER_MINIMUMS = {"timeout_min": 1, "cpus_per_task": 1, "tasks_per_node": 1, "nodes": 1, "mem_gb": 1,
+                     "gpus_per_node": 0, "array_parallelism": 1, "max_num_timeout": 0, "signal_delay_s": 0}
+
+
+def check_launcher_values(node: Mapping, prefix: str = "hydra.launcher") -> None:
+    """Values of the submitit launcher config: counts in range, and no line breaks anywhere, since every
+    value ends up in the sbatch script (a newline there would inject a shell line into the job)."""
+    for key, value in node.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            check_launcher_values(value, name)
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and ("\n" in item or "\r" in item):
+                raise ConfigError(f"{name}={item!r} is not allowed: it holds a line break, which would inject a "
+                                  "line into the sbatch script; expected a single line")
+        minimum = LAUNCHER_MINIMUMS.get(key) if prefix == "hydra.launcher" else None
+        if minimum is not None and value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise ConfigError(f"{name}={value!r} is not allowed; expected an integer >= {minimum}")
 
 
 SUBMITIT_LAUNCHERS = ("slurm", "local", "submitit_slurm", "submitit_local")

@@ -21,10 +21,6 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -62,7 +58,13 @@ def check_train_cfg(t: Mapping) -> None:
         need(isinstance(t.get(key), int) and t.get(key) >= 0, key, "expected an integer >= 0 (0: only at the end)")
 
 
+# timm's factories are imported where they are used: the config checks above import this module, and
+# timm pulls in torchvision and torch._dynamo (~2 s) that a launcher or a sweep relaunch never needs.
+
+
 def build_optimizer(model: torch.nn.Module, t: Mapping) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
     kw = {"betas": tuple(t.betas)} if t.optimizer in ("adam", "adamw", "lamb", "lion") else {}
     if t.optimizer in ("sgd", "momentum") and t.get("momentum") is not None:  # unset: timm's 0.9
         kw["momentum"] = float(t.momentum)
@@ -72,6 +74,8 @@ def build_optimizer(model: torch.nn.Module, t: Mapping) -> torch.optim.Optimizer
 
 def build_scheduler(optimizer, t: Mapping, steps: int):
     """Linear warmup from 0, then linear (the paper) or cosine decay, stepped per update."""
+    from timm.scheduler import create_scheduler_v2
+
     sched, decay_rate = SCHEDULES[t.schedule]
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=sched, num_epochs=steps, decay_rate=decay_rate, min_lr=t.min_lr,
@@ -194,6 +198,9 @@ class Loop:
                             num_workers=self.num_workers, pin_memory=device.type == "cuda",
                             # its own generator, so building the loader never draws from the global RNG
                             generator=torch.Generator().manual_seed(self._seed(start)))
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
         mixup = Mixup(mixup_alpha=t.mixup, label_smoothing=t.label_smoothing, num_classes=self.num_classes) \
             if t.mixup > 0 else None
         loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)

@@ -33,7 +33,7 @@ from typing import Sequence
 import submitit
 from omegaconf import OmegaConf, open_dict
 
-from .config import compose
+from .config import check_launcher_values, compose
 from .errors import ConfigError, UserError, one_line
 from .records import FAILED, record_failure, run_id_of
 from .sweep import DONE, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
@@ -122,9 +122,11 @@ def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str
         for key in ("_target_", "submitit_folder", "name"):
             node.pop(key, None)
     try:
-        return OmegaConf.to_container(node, resolve=True)
+        params = OmegaConf.to_container(node, resolve=True)
     except Exception as exc:
         raise ConfigError(f"cannot resolve the launcher config: {one_line(exc)}") from None
+    check_launcher_values(params)
+    return params
 
 
 def make_executor(executor: str, params: dict, folder: Path, name: str) -> submitit.AutoExecutor:
@@ -229,13 +231,21 @@ def cpu_core_gflops() -> float:
         torch.set_num_threads(threads)
 
 
-def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = DEFAULT_MFU,
-                  gpu_tflops: float = GPU_PEAK_TFLOPS) -> list[Cost]:
-    """GPU-hours (and CPU core-hours for CPU-preset cells) from FLOPs x examples seen."""
+def check_options(*, parallel: int | None = None, mfu: float = DEFAULT_MFU,
+                  gpu_tflops: float = GPU_PEAK_TFLOPS) -> None:
+    """The launch's own options (``--parallel``, ``--mfu``, ``--gpu-tflops``): checked before anything runs."""
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu} is not allowed; expected a fraction in (0, 1]")
     if not gpu_tflops > 0:
         raise ConfigError(f"--gpu-tflops={gpu_tflops} is not allowed; expected a number > 0")
+
+
+def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = DEFAULT_MFU,
+                  gpu_tflops: float = GPU_PEAK_TFLOPS) -> list[Cost]:
+    """GPU-hours (and CPU core-hours for CPU-preset cells) from FLOPs x examples seen."""
+    check_options(mfu=mfu, gpu_tflops=gpu_tflops)
     by_unit: dict[str, float] = {}
     for cell in cells:
         fwd = _gflops(cell) * 1e9
@@ -373,8 +383,7 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
 
     from .engine import Interrupted
 
-    if parallel < 1:
-        raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
+    check_options(parallel=parallel)
     queue = list(p.todo)
     running: list[tuple[Cell, object, float]] = []
     executors = {}

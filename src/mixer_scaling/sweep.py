@@ -92,7 +92,7 @@ class Cell:
     def record(self) -> dict | None:
         try:
             return read_record(self.run_dir)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # damaged (CorruptFile): the rerun sets it aside and resumes
             return None
 
 

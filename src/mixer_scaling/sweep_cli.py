@@ -57,6 +57,8 @@ def cmd_list(args) -> int:
 
 def cmd_launch(args) -> int:
     console = Console()
+    # Flag values first: a bad one must stop the launch before anything is printed or planned.
+    launch.check_options(parallel=args.parallel, mfu=args.mfu, gpu_tflops=args.gpu_tflops)
     sweep = load(args.sweep, args.overrides)
     # A dry run on a machine without SLURM still shows the grid, the cost and the sbatch script.
     check_cluster = not (args.dry_run and shutil.which("sbatch") is None)
