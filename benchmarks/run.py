@@ -51,17 +51,18 @@ WHY_MISSED = {
         "GELU, bias and residual passes over 16 MB activations, AdamW), all memory-bound; S/16 reaches ~0.8. "
         "Closing it for tiny needs fused elementwise kernels, or wider models / larger batches."),
     "5 dispatch (SLURM)": (
-        "~3 s of each command is importing torch and timm before the first cell (validate() imports engine.py, "
-        "whose module-level timm imports pull in all of timm, torchvision and torch._dynamo; presets count "
-        "FLOPs with torch), ~1 s is Python's final garbage collection over that heap at exit, ~2 s composing "
-        "1000 cells (2 ms each, was ~150). Closing it: lazy timm imports in engine.py (import inside "
-        "build_optimizer/build_scheduler/Loop.run: -~2 s) and gc.freeze() (or os._exit after flushing) at "
-        "the end of cli.main (-~1 s)."),
+        "what is left is Python work proportional to the grid: composing and validating 1000 cells (~2 ms "
+        "each, was ~150), reading 1000 records and metrics files for their states, plus ~2 s of interpreter "
+        "start and torch import; timm is no longer imported on this path, and done cells no longer get a "
+        "resources preset (which built the model to count its FLOPs). Closing it: cache each cell's "
+        "validated config beside its record (a relaunch then reads instead of composing), and gc.freeze() "
+        "before exit (~1 s of final garbage collection over the heap)."),
     "7 start to first step": (
-        "imports are ~4 of the 5 s: torch ~1.2, timm ~1.9 (torchvision -> torch._dynamo ~1.2 of it), "
-        "scikit-learn ~0.9 (the digits few-shot set, built before training), wandb ~0.3 (imported by timm even "
-        "with W&B disabled). Closing it: build the few-shot sets after training (or import scikit-learn "
-        "lazily) and import timm lazily in engine.py."),
+        "imports are ~4 of the 5 s: torch ~1.2, timm ~1.9 (torchvision -> torch._dynamo ~1.2 of it; a run "
+        "needs timm's optimizer and scheduler factories), scikit-learn ~0.9 (the digits few-shot set, built "
+        "before training so that a bad few-shot config fails before anything is written), wandb ~0.3 "
+        "(imported by timm even with W&B disabled). Closing it: load the few-shot pixels after training "
+        "while checking their config before, and import scikit-learn lazily."),
 }
 
 

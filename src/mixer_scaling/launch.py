@@ -312,8 +312,11 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
     # A `running` record no queue vouches for is a local launch that died with its launcher: resume it.
     todo = [s.cell for s in states if s.state in TO_SUBMIT or (executor != "slurm" and s.state == "running"
                                                                  and not s.detail)]
-    presets = {c.run_id: preset_for(c, forced) for c in sweep.cells}
-    params = {p: launcher_params(executor, p, sweep.launcher_overrides) for p in dict.fromkeys(presets.values())}
+    # Presets of the cells to run only: a preset counts the model's FLOPs, which a done cell never needs.
+    presets = {c.run_id: preset_for(c, forced) for c in todo}
+    # The launcher overrides are checked even when nothing is to run (any preset will do for that).
+    params = {p: launcher_params(executor, p, sweep.launcher_overrides)
+              for p in dict.fromkeys(presets.values()) or [forced or "cpu"]}
     for cell in todo:  # DDP splits the global batch over every task of the job
         par = params[presets[cell.run_id]]
         ranks = int(par.get("nodes") or 1) * int(par.get("tasks_per_node") or 1)

@@ -39,7 +39,7 @@ def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = No
         step = f"{s.step}/{s.steps}" if s.step is not None and s.steps else ""
         table.add_row(*(str(s.cell.axes.get(a, "")) for a in axes), s.cell.run_id,
                       f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]", step,
-                      "" if top1 is None else f"{top1:.3f}", *([presets[s.cell.run_id]] if presets else []),
+                      "" if top1 is None else f"{top1:.3f}", *([presets.get(s.cell.run_id, "")] if presets else []),
                       s.job_id or "", s.detail)
     return table
 

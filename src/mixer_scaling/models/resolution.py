@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
 
 from mixer_scaling.errors import ConfigError
 from mixer_scaling.models.mixer import MlpMixer, is_positive_int
@@ -126,6 +125,8 @@ def resample_vit_pos_embed(state_dict: Mapping[str, torch.Tensor], model: nn.Mod
         )
     prefix = 0 if model.no_embed_class else model.num_prefix_tokens
     out = dict(state_dict)
+    from timm.layers import resample_abs_pos_embed  # here: importing timm costs ~2 s a launcher never needs
+
     out["pos_embed"] = resample_abs_pos_embed(
         state_dict["pos_embed"], new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix
     )
