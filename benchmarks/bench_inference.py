@@ -12,13 +12,12 @@ img/s/core): Mixer-B/16 1384, ViT-B/16 861, BiT-R50x1 2159, i.e. Mixer/ViT 1.61 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, interleave, median, print_rows, row, set_threads  # noqa: E402
+from common import ROOT, device_cli, interleave, median, on_devices, row  # noqa: E402
 
 BENCH = "3 inference throughput"
 MODELS = {"mixer": "mixer/b16", "vit": "vit/b16", "bit": "bit/r50x1"}
@@ -99,23 +98,11 @@ def measure(device, quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False, device: str | None = None) -> list[dict]:
-    import torch
-
-    set_threads()
-    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
-    for dev in devices:
-        rows += measure(torch.device(dev), quick)
-    return rows
+    return on_devices(measure, quick, device)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default=None)
-    args = p.parse_args(argv)
-    print_rows(run(args.quick, args.device))
-    return 0
+    return device_cli(__doc__, run, argv)
 
 
 if __name__ == "__main__":

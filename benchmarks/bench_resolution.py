@@ -14,14 +14,13 @@ ViT's is reported beside its FLOP-count exponent, and the Mixer/ViT throughput r
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import build, forward_fn  # noqa: E402
-from common import interleave, median, print_rows, row, set_threads  # noqa: E402
+from common import device_cli, interleave, median, on_devices, row  # noqa: E402
 
 BENCH = "4 cost vs resolution"
 MODELS = {"mixer": "mixer/b16", "vit": "vit/b16"}
@@ -83,23 +82,11 @@ def measure(device, quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False, device: str | None = None) -> list[dict]:
-    import torch
-
-    set_threads()
-    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
-    for dev in devices:
-        rows += measure(torch.device(dev), quick)
-    return rows
+    return on_devices(measure, quick, device)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default=None)
-    args = p.parse_args(argv)
-    print_rows(run(args.quick, args.device))
-    return 0
+    return device_cli(__doc__, run, argv)
 
 
 if __name__ == "__main__":

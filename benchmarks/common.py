@@ -203,3 +203,24 @@ def print_rows(rows: list[dict]) -> None:
         value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
         met = {True: "met", False: "MISSED", None: ""}[r["met"]]
         print(f"{r['benchmark']:<28} {r['metric']:<44} {value:>10} {r['unit']:<9} {r['goal']:<9} {met:<6} {r['note']}")
+
+
+def on_devices(measure: Callable, quick: bool = False, device: str | None = None) -> list[dict]:
+    """``measure(device, quick)`` rows on the CPU, and on CUDA when one is at hand (or on ``device`` alone)."""
+    import torch
+
+    set_threads()
+    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [r for dev in devices for r in measure(torch.device(dev), quick)]
+
+
+def device_cli(doc: str, run: Callable, argv: list[str] | None = None) -> int:
+    """The command line of a benchmark module that runs per device: ``[--quick] [--device DEV]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    print_rows(run(args.quick, args.device))
+    return 0
