@@ -139,12 +139,7 @@ class Latest:
     """What :func:`load_latest` found: the newest checkpoint that verifies, and what was wrong on the way."""
 
     state: dict | None = None
-    path: Path | None = None
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def step(self) -> int:
-        return self.state["step"] if self.state else 0
 
 
 def load_latest(path: Path, *, tidy: bool = True) -> Latest:
@@ -168,7 +163,7 @@ def load_latest(path: Path, *, tidy: bool = True) -> Latest:
             found.problems.append(f"{exc}; moved to {set_aside(candidate).name}" if tidy else str(exc))
             continue
         if state is not None:
-            found.state, found.path = state, candidate
+            found.state = state
             if candidate != path and not found.problems:
                 found.problems.append(f"{path.name} is missing (a save was cut off between its renames)")
             if found.problems:
