@@ -126,6 +126,30 @@ def save(path: Path, *, model, optimizer, scheduler, step: int, counters: dict, 
     os.replace(tmp, path)
 
 
+def save_weights(path: Path, *, model, step: int, score: float) -> None:
+    """The model's weights alone (the best checkpoint of early stopping), verified and written atomically
+    like :func:`save`; a kill mid-write leaves the previous file in place."""
+    path = Path(path)
+    model = getattr(model, "module", model)
+    data = encode({"format": FORMAT_VERSION, "step": step, "score": score, "model": model.state_dict()})
+    try:
+        tmp = write_temp(path, data)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CheckpointWriteError(f"could not write the best weights of step {step} to {path.parent}: {reason}") from exc
+    os.replace(tmp, path)
+
+
+def remove_partial_writes(path: Path) -> list[str]:
+    """Remove temp files of writes to ``path`` cut off by a kill; one line each for the record."""
+    problems = []
+    for tmp in sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp")):
+        problems.append(f"removed {tmp.name} ({tmp.stat().st_size} bytes), a checkpoint write "
+                        "cut off by a kill; it was never loaded")
+        tmp.unlink(missing_ok=True)
+    return problems
+
+
 def load(path: Path) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (verified), None if there is none; :class:`CorruptFile` if it is damaged."""
     path = Path(path)
@@ -152,10 +176,7 @@ def load_latest(path: Path, *, tidy: bool = True) -> Latest:
     path = Path(path)
     found = Latest()
     if tidy:
-        for tmp in sorted(path.parent.glob(f".{path.name}.*.tmp")):
-            found.problems.append(f"removed {tmp.name} ({tmp.stat().st_size} bytes), a checkpoint write "
-                                  "cut off by a kill; it was never loaded")
-            tmp.unlink(missing_ok=True)
+        found.problems += remove_partial_writes(path)
     for candidate in (path, previous_path(path)):
         try:
             state = load(candidate)

@@ -14,7 +14,7 @@ import math
 import random
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -25,12 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, precision
 from .errors import ConfigError
 from .stream import StreamSampler, total_steps
 
 log = logging.getLogger(__name__)
 
+SELECT_KEY = "val/select_top1"  # what on_eval's score is called in metrics.jsonl
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion")
 SCHEDULES = {"linear": ("poly", 1.0), "cosine": ("cosine", 0.1)}  # ours → (timm sched, decay_rate)
 
@@ -54,8 +55,10 @@ def check_train_cfg(t: Mapping) -> None:
     need(t.get("grad_clip") is None or t.get("grad_clip") > 0, "grad_clip", "expected a number > 0 or null")
     need(0 <= t.get("mixup", 0) <= 10, "mixup", "expected a Beta alpha >= 0 (0 turns mixup off)")
     need(0 <= t.get("label_smoothing", 0) < 1, "label_smoothing", "expected a number in [0, 1)")
-    for key in ("log_every", "checkpoint_every", "eval_every"):
-        need(isinstance(t.get(key), int) and t.get(key) >= 0, key, "expected an integer >= 0 (0: only at the end)")
+    need(t.get("precision") in precision.PRECISIONS, "precision", f"choose one of: {', '.join(precision.PRECISIONS)}")
+    for key in ("log_every", "checkpoint_every", "eval_every_examples"):
+        need(isinstance(t.get(key), int) and not isinstance(t.get(key), bool) and t.get(key) >= 0, key,
+             "expected an integer >= 0 (0: only at the end)")
 
 
 # timm's factories are imported where they are used: the config checks above import this module, and
@@ -149,10 +152,14 @@ class Loop:
     device: torch.device
     ckpt_path: Path
     on_log: Callable[[dict], None] = lambda row: None  # gets one metrics row per logging step
+    # upstream validation at `train.eval_every_examples` and at the last step: returns metrics including
+    # SELECT_KEY, the score the best checkpoint is chosen on (early stopping, paper §3.3)
     on_eval: Callable[[int], dict] | None = None
+    best_path: Path | None = None   # where the best weights go (rank 0); None: no early stopping
     # gets the step training (re)starts from, and what was wrong with the checkpoints on disk (one line each)
     on_resume: Callable[[int, list[str]], None] | None = None
     num_workers: int = 0
+    precision: str = "fp32"         # resolved: bf16 (autocast) or fp32, see mixer_scaling.precision
     progress: bool = True
     rank: int = 0
     world_size: int = 1
@@ -161,6 +168,24 @@ class Loop:
     @property
     def steps(self) -> int:
         return total_steps(self.cfg.examples_seen, self.cfg.batch_size)
+
+    def eval_due(self, step: int) -> bool:
+        """Whether upstream validation runs after ``step``: each time the examples seen cross a multiple of
+        ``train.eval_every_examples``, and at the last step (when the cadence is set)."""
+        every, bs = int(self.cfg.get("eval_every_examples", 0)), int(self.cfg.batch_size)
+        if not every or not self.on_eval:
+            return False
+        return step == self.steps or (step * bs) // every > ((step - 1) * bs) // every
+
+    def _evaluate(self, step: int) -> None:
+        """Rank 0: validate, log, and keep the weights if they are the best so far (ties: the earlier step)."""
+        row = self.on_eval(step)
+        self.on_log({"step": step, "examples": step * self.cfg.batch_size, **row})
+        score = float(row[SELECT_KEY])
+        self.counters.setdefault("curve", []).append([step, step * self.cfg.batch_size, score])
+        if self.best_path is not None and score > self.counters.get("best_score", -math.inf):
+            checkpoint.save_weights(self.best_path, model=self.model, step=step, score=score)
+            self.counters["best_step"], self.counters["best_score"] = step, score
 
     def _seed(self, start: int) -> int:
         """Rank 0 keeps the single-process seed; the others get their own (augmentation, dropout, mixup)."""
@@ -187,6 +212,10 @@ class Loop:
                 random.seed(s)
                 np.random.seed(s)
                 torch.manual_seed(s)
+        if self.rank == 0 and self.best_path is not None:
+            latest.problems += checkpoint.remove_partial_writes(self.best_path)
+            if start == 0:  # a fresh start: best weights of an attempt that left no checkpoint are stale
+                Path(self.best_path).unlink(missing_ok=True)
         if self.on_resume and self.rank == 0:
             self.on_resume(start, latest.problems)
         if start >= self.steps:
@@ -204,8 +233,7 @@ class Loop:
         mixup = Mixup(mixup_alpha=t.mixup, label_smoothing=t.label_smoothing, num_classes=self.num_classes) \
             if t.mixup > 0 else None
         loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-        bf16 = device.type == "cuda" and t.precision in ("auto", "bf16")
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+        autocast = precision.autocast(device, self.precision)
 
         # DDP averages the gradients over ranks in backward: with equal shards of one global batch and a
         # per-rank mean loss, that is the full batch's gradient, so clipping below sees the global norm.
@@ -258,8 +286,8 @@ class Loop:
                         self.on_log(row)
                     window_loss.zero_()
                     window_n, window_t0 = 0, time.perf_counter()
-                if self.rank == 0 and self.on_eval and t.eval_every and step % t.eval_every == 0 and not last:
-                    self.on_log({"step": step, **self.on_eval(step)})
+                if self.rank == 0 and self.eval_due(step):
+                    self._evaluate(step)
                     net.train()
                 # All ranks agree, so none waits in a collective for a rank that has stopped.
                 signum = distributed.any_stop(stop["signum"])

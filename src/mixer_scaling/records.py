@@ -35,6 +35,7 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+BEST_CHECKPOINT_FILE = "checkpoint.best.pt"  # the weights early stopping chose (model only)
 
 # Record states. `interrupted`: stopped by a signal (preemption, time limit) with a checkpoint to resume from.
 RUNNING, INTERRUPTED, DONE, FAILED = "running", "interrupted", "done", "failed"

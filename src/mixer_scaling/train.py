@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, distributed, records
+from . import __version__, checkpoint, distributed, precision, records
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
-from .engine import Interrupted, Loop
+from .engine import SELECT_KEY, Interrupted, Loop
 from .errors import EXIT_USAGE, ConfigError, CorruptFile, UserError
 from .evaluate.classify import ordered_loader, top1
 from .evaluate.downstream import evaluate_fewshot
@@ -68,6 +68,7 @@ class Built:
     fewshot_sets: dict
     device: torch.device
     extra: dict = field(default_factory=dict)  # record fields a variant adds or replaces (a fine-tune: its parent)
+    precision: str = "fp32"  # resolved train.precision (bf16 or fp32): training and evaluation alike
 
 
 def build(cfg: DictConfig, device: torch.device) -> Built:
@@ -105,6 +106,7 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
         "steps": -(-int(t.examples_seen) // int(t.batch_size)),
         "epochs": t.examples_seen / d.train_size,
         "seed": int(cfg.seed),
+        "precision": built.precision,
         "device": torch.cuda.get_device_name(built.device) if built.device.type == "cuda" else platform.processor() or "cpu",
         "num_devices": distributed.world_size(),  # one device per rank
         "world_size": distributed.world_size(),
@@ -114,12 +116,18 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
     }
 
 
+def upstream_top1(cfg: DictConfig, built: Built, half: str) -> float:
+    """Top-1 on one half of the validation split: ``select`` (chooses) or ``report`` (is reported)."""
+    data = built.data
+    loader = ordered_loader(getattr(data, half), cfg.eval.batch_size, data.collate_fn)
+    return top1(built.model, loader, built.device, built.precision == "bf16")
+
+
 def evaluate(cfg: DictConfig, built: Built) -> tuple[dict, dict]:
-    """Upstream val top-1, few-shot accuracies per set and k, and inference throughput."""
+    """Upstream val top-1 (the report half), few-shot accuracies per set and k, and inference throughput."""
     model, data, device = built.model, built.data, built.device
-    bf16 = device.type == "cuda"
-    val_loader = ordered_loader(data.val, cfg.eval.batch_size, data.collate_fn)
-    metrics = {"val_top1": top1(model, val_loader, device, bf16)}
+    bf16 = built.precision == "bf16"
+    metrics = {"val_top1": upstream_top1(cfg, built, "report")}
     metrics["fewshot"] = evaluate_fewshot(model, built.fewshot_sets, cfg.fewshot, device,
                                           batch_size=cfg.eval.batch_size, bf16=bf16) if built.fewshot_sets else {}
     throughput = inference_throughput(model, data.image_size, device, cfg.eval.throughput_batch_sizes,
@@ -148,13 +156,16 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
         log.info("run %s is done (%s); not retraining", run_id, run_dir)
         return previous
 
-    with distributed.launched(resolve_device(str(cfg.device))) as device:
+    device = resolve_device(str(cfg.device))
+    computes_in = precision.resolve(str(cfg.train.precision), device)
+    with distributed.launched(device) as device:
         ranks = distributed.world_size()
         if cfg.train.batch_size % ranks:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not allowed; expected a multiple of "
                               f"the {ranks} data-parallel ranks")
         with distributed.main_first():  # a data set with download=true is fetched once, not once per rank
             built = build_fn(cfg, device)
+        built.precision = computes_in
         if distributed.is_main():
             return _lead(cfg, built, run_id, run_dir)
         return _follow(cfg, built, run_dir)
@@ -164,6 +175,7 @@ def _loop(cfg: DictConfig, built: Built, run_dir: Path, **callbacks) -> Loop:
     return Loop(
         model=built.model, train_set=built.data.train, collate_fn=built.data.collate_fn,
         num_classes=built.data.num_classes, cfg=cfg.train, seed=int(cfg.seed), device=built.device,
+        precision=built.precision,
         ckpt_path=run_dir / records.CHECKPOINT_FILE, num_workers=int(cfg.data.get("num_workers", 0)),
         progress=bool(cfg.progress), rank=distributed.rank(), world_size=distributed.world_size(), **callbacks,
     )
@@ -197,16 +209,18 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
 
     loop = _loop(
         cfg, built, run_dir, on_log=on_log,
-        on_eval=lambda step: {"val/top1": top1(built.model, ordered_loader(
-            built.data.val, cfg.eval.batch_size, built.data.collate_fn), built.device)},
+        on_eval=lambda step: {SELECT_KEY: upstream_top1(cfg, built, "select")},
+        best_path=run_dir / records.BEST_CHECKPOINT_FILE,
         on_resume=lambda start, problems: _resumed(record, metrics_log, start, problems),
     )
     try:
         counters = loop.run()
         record.update(**_cost(counters, static["num_devices"]))
+        best = _best_weights(cfg, built, run_dir, counters, record)
         metrics, throughput = evaluate(cfg, built)
+        metrics["select_top1"] = best["select_top1"]
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
-                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **best)
         record.save(DONE)
     except Interrupted as stop:
         record.update(**_cost(loop.counters, static["num_devices"]), interrupted_at_step=stop.step)
@@ -230,6 +244,32 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
     # meanwhile makes this raise, but cannot turn a done record into a failed one.
     distributed.barrier()
     return record.fields
+
+
+def _best_weights(cfg: DictConfig, built: Built, run_dir: Path, counters: dict, record: Record) -> dict:
+    """Early stopping (paper §3.3): load the weights of the step that was best on the selection half of
+    upstream validation, so every reported metric comes from them. Without an evaluation cadence the
+    final weights are the only candidates. Returns the record fields that say what was chosen."""
+    steps = int(record["steps"])
+    curve = [{"step": s, "examples": e, "select_top1": v} for s, e, v in counters.get("curve", [])]
+    path = run_dir / records.BEST_CHECKPOINT_FILE
+    state = None
+    if curve:
+        try:
+            state = checkpoint.load(path)
+        except CorruptFile as exc:
+            record.note(f"{exc}; moved to {records.set_aside(path).name}; the final weights are reported")
+    if state is None:
+        if curve:
+            record.note(f"{path.name} is missing; the final weights are reported")
+        return {"best_step": steps, "early_stopped": False, "upstream_curve": curve,
+                "select_top1": upstream_top1(cfg, built, "select")}
+    built.model.load_state_dict(state["model"])
+    if state["step"] != counters.get("best_step"):
+        record.note(f"{path.name} holds step {state['step']} (select top-1 {state['score']:.4f}), evaluated by an "
+                    f"attempt cut off before its next checkpoint; those weights are reported")
+    return {"best_step": int(state["step"]), "early_stopped": int(state["step"]) < steps,
+            "upstream_curve": curve, "select_top1": float(state["score"])}
 
 
 def _resumed(record: Record, metrics_log: MetricsLog, start: int, problems: list[str]) -> None:

@@ -35,6 +35,10 @@ _UNSET = (None, "", "???")
 
 @dataclass
 class DataBundle:
+    """The data of a run. The validation split is used in two fixed, disjoint halves (:func:`split_validation`):
+    ``select`` chooses (early stopping, the best of a hyperparameter grid) and ``report`` is what is
+    reported as upstream top-1, so a reported number is never the one it was chosen on."""
+
     train: Dataset       # the pre-training subset after data.fraction
     val: Dataset         # a fixed validation split, never overlapping train
     num_classes: int
@@ -42,6 +46,26 @@ class DataBundle:
     train_size: int      # len(train)
     full_size: int       # the 100% training set
     collate_fn: Callable | None  # pass to DataLoader
+    seed: int = 0        # data.seed: fixes the validation halves
+
+    @property
+    def select(self) -> Dataset:
+        return split_validation(self.val, self.seed)[0]
+
+    @property
+    def report(self) -> Dataset:
+        return split_validation(self.val, self.seed)[1]
+
+
+def split_validation(val: Dataset, seed: int) -> tuple[Dataset, Dataset]:
+    """Two disjoint halves of a validation split, ``(select, report)``, from a permutation seeded by
+    ``data.seed`` (a random half of a class-sorted folder is still class-balanced in expectation);
+    ``select`` gets the smaller half when the size is odd. A split of one example is both halves."""
+    n = len(val)
+    if n < 2:
+        return val, val
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 0x5E1EC7)).tolist()
+    return Subset(val, sorted(order[: n // 2])), Subset(val, sorted(order[n // 2:]))
 
 
 def passthrough(batch):
@@ -221,7 +245,7 @@ def _build(cfg: dict) -> DataBundle:
             **common,
         )
         val = SyntheticImages(int(cfg["val_size"]), split="val", **common)
-        return DataBundle(train, val, int(cfg["num_classes"]), image_size, len(train), full, passthrough)
+        return DataBundle(train, val, int(cfg["num_classes"]), image_size, len(train), full, passthrough, seed)
 
     from .folders import cifar, image_folder_pair
 
@@ -232,4 +256,4 @@ def _build(cfg: dict) -> DataBundle:
         full_set = cifar(name, root, image_size, train=True, cfg=cfg, key="data")
         val = cifar(name, root, image_size, train=False, cfg=cfg, key="data")
     train = nested_subset(full_set, fraction, seed)
-    return DataBundle(train, val, len(full_set.classes), image_size, len(train), len(full_set), passthrough)
+    return DataBundle(train, val, len(full_set.classes), image_size, len(train), len(full_set), passthrough, seed)

@@ -1,0 +1,72 @@
+"""Numeric precision of a run: ``train.precision`` = ``auto``, ``bf16`` or ``fp32``.
+
+``bf16`` is autocast to bfloat16 (weights, optimizer state and the loss reduction stay float32), on
+CUDA and on CPU alike; evaluation (validation top-1, few-shot features, throughput) follows the
+training precision. ``auto`` is bf16 wherever the device computes it natively (a GPU with bf16, a CPU
+with AVX512-BF16 or AMX) and fp32 elsewhere, so every recipe runs on any machine at its best speed;
+the record's ``precision`` says which one a run used. ``bf16`` is refused, in one line, on a device
+that would only emulate it (slower than fp32).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+# x86 flags of native bf16 matrix products (Linux /proc/cpuinfo names); arm64: "bf16".
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+@lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (read from /proc/cpuinfo; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & _CPU_BF16_FLAGS)
+
+
+def device_has_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+def resolve(precision: str, device: torch.device, has_bf16: bool | None = None) -> str:
+    """``bf16`` or ``fp32``: what a run with ``train.precision=precision`` computes in on ``device``.
+
+    ``has_bf16`` (default: asked of the device) says whether the device runs bf16 natively.
+    Raises :class:`UserError` for an unknown value or bf16 on a device without it.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"train.precision={precision!r} is not allowed; choose one of: {', '.join(PRECISIONS)}")
+    native = device_has_bf16(device) if has_bf16 is None else has_bf16
+    if precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if native else "fp32"
+    if not native:
+        what = "GPU" if device.type == "cuda" else "CPU (no AVX512-BF16 or AMX)"
+        raise UserError(f"train.precision=bf16 is not allowed on this {what}: it has no native bf16 and would "
+                        f"only emulate it; use train.precision=fp32 or auto")
+    return "bf16"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of a resolved precision (``bf16`` or ``fp32``) on ``device``."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
