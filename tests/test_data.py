@@ -422,3 +422,31 @@ def test_fewshot_user_sets(tmp_path):
 def test_bad_fewshot_config(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build_fewshot_sets(fewshot_cfg(**override), 32, synth())
+
+
+def test_nuisance_scales_the_per_sample_variation():
+    """data.nuisance=1 is the documented data set bit for bit; lower values vary less within a class
+    (the pixel spread over samples of one class shrinks) and the class stays the same prototype."""
+    from mixer_scaling.data.synthetic import SyntheticImages
+
+    idx = [c + 10 * i for i in range(40) for c in (0,)]  # 40 samples of class 0 (10 classes)
+    spread = {}
+    for amount in (1.0, 0.5, 0.0):
+        x, y = SyntheticImages(400, classes=10, nuisance=amount).__getitems__(idx)
+        assert set(y.tolist()) == {0}
+        spread[amount] = x.std(0).mean().item()
+    x_default, _ = SyntheticImages(400, classes=10).__getitems__(idx)
+    x_one, _ = SyntheticImages(400, classes=10, nuisance=1.0).__getitems__(idx)
+    assert torch.equal(x_default, x_one)
+    assert spread[1.0] > spread[0.5] > spread[0.0]
+
+
+def test_nuisance_is_part_of_a_run_only_when_it_changes_the_data():
+    from mixer_scaling.config import compose
+    from mixer_scaling.records import run_id_of
+
+    base = compose([])
+    assert run_id_of(compose(["data.nuisance=1"])) == run_id_of(base)  # ids of runs made before the key existed
+    assert run_id_of(compose(["data.nuisance=0.5"])) != run_id_of(base)
+    b = build_data(compose(["data.nuisance=0.5", "data.size=100", "data.val_size=20"]).data)
+    assert b.train.nuisance == 0.5 and b.val.nuisance == 0.5

@@ -66,6 +66,7 @@ IDENTITY_IGNORE = (
 NEUTRAL_OPTIONS = (
     ("data", "permutation", None),
     ("model", "token_groups", 1),
+    ("data", "nuisance", 1.0),
 )
 
 

@@ -10,18 +10,27 @@ Figure kinds (file stems in brackets):
    (higher throughput and higher accuracy are both better).
 3. Data scaling [``data_scaling``]: k-shot accuracy (default: 5-shot on the first few-shot set in
    the table) against pre-training set size (log x), one line per model, Mixer solid and the
-   baselines dashed as in the paper's Fig. 2 (right), ±1 std bands when a size has several seeds,
-   and per-model power-law fits dotted and extrapolated to 10× the largest set.
+   baselines dashed as in the paper's Fig. 2 (right), the Student-t interval of the mean as a band
+   where a size has several seeds, and per-line power-law fits dotted and extrapolated to 10× the
+   largest set.
 4. Paper reference [``paper_table3_jft_*``, ``paper_table2_*``]: kinds 1 and 2 from the paper's
    Table 3 (JFT-300M rows) and Table 2; with ``overlay_paper`` also [``overlay_compute``,
    ``overlay_throughput``]: the user's points beside the paper's, one panel each (their units differ:
    our hardware and data against TPUv3 cores and ImageNet after fine-tuning).
 
+A point is one configuration (:mod:`.aggregate`): runs that differ only in their seed are averaged,
+runs that differ in any config column never are; ``best_over`` keys are chosen per configuration
+by a selection metric. Each figure's title and CSV (``aggregation`` column) say how. When a model
+has several configurations at one data size (two learning rates, say), each is its own point and
+its own line, labelled by the keys that differ, and the summary suggests ``--best-over <key>``.
+
 Fits need more points than their three parameters: at least 4 distinct x values, or 3 with
 repeated runs (seeds); otherwise the curve is not drawn and the summary gives the plain log-log
-slope. Every fitted parameter goes to ``fits.csv``. Only ``done`` runs are drawn. Figures are rendered into
-a temporary folder beside the output folder and moved there only when all of them succeeded, so
-bad input (:class:`UserError`, one line) leaves no figure files behind.
+slope. Fits use every seed of a line (or of the frontier's configurations), so their stratified
+bootstrap reflects seed noise. Every fitted parameter goes to ``fits.csv``; the study's answers go
+to ``findings.md`` and ``findings.json`` (:mod:`.findings`). Only ``done`` runs are drawn. Figures
+are rendered into a temporary folder beside the output folder and moved there only when all of
+them succeeded, so bad input (:class:`UserError`, one line) leaves no figure files behind.
 """
 
 from __future__ import annotations
@@ -44,9 +53,11 @@ import pandas as pd  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 from . import reference  # noqa: E402
+from .aggregate import MEASURED, Selection, choose, differing_keys, format_value  # noqa: E402
+from .findings import Findings, study_findings  # noqa: E402
 from .fits import PowerLawFit, fit_power_law, fits_table, loglog_slope  # noqa: E402
 from .results import (  # noqa: E402
-    REQUIRED_COLUMNS, Summary, done_runs, fewshot_column, fewshot_datasets, parse_fewshot_column,
+    REQUIRED_COLUMNS, Summary, config_columns, done_runs, fewshot_column, fewshot_datasets, parse_fewshot_column,
 )
 
 FAMILIES = {  # colour, marker, display name, colormap for per-model shades
@@ -67,16 +78,20 @@ FORMATS = ("png", "pdf")
 DEFAULT_K = 5
 EXTRAPOLATE = 10.0  # fits are drawn to this multiple of the largest x
 _MANY = 2000  # above this many points, non-frontier markers are rasterised in PDFs
+#: Config columns that set the pre-training set size: the data-scaling axis, never a line of its own.
+DATA_SIZE_KEYS = ("data.fraction", "data.size")
 
 
 @dataclass
 class Rendered:
-    """What a render produced: files (figures, their CSVs, fits.csv) and a short text summary."""
+    """What a render produced: files (figures, their CSVs, fits.csv, findings), a short text summary
+    and the study's findings (None for the paper's tables)."""
 
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    findings: Findings | None = None
 
     @property
     def figures(self) -> list[Path]:
@@ -242,30 +257,81 @@ def _floats(df: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
-def pareto_points(df: pd.DataFrame, x: str, y: str, x_better: str) -> pd.DataFrame:
-    """The points of a Pareto figure (and its CSV): one per configuration, runs that differ only in
-    their seed averaged, with columns label, family, model, fraction, examples_seen, x, y, n_runs,
-    on_frontier. Labels are the ``label`` column (paper tables) or the model, plus the data fraction
-    when a model was trained on several."""
-    d = pd.DataFrame({
-        "label": (df["label"] if "label" in df.columns else df["model"]).astype(str).to_numpy(),
-        "family": [family_of(f) for f in df["family"]],
-        "model": df["model"].astype(str).to_numpy(),
-        "fraction": _floats(df, "fraction"),
-        "examples_seen": _floats(df, "examples_seen"),
-        "x": _floats(df, x),
-        "y": _floats(df, y),
-    })
-    d = d[np.isfinite(d["x"]) & np.isfinite(d["y"]) & (d["x"] > 0)]
-    keys = ["label", "family", "model", "fraction", "examples_seen"]
-    pts = d.groupby(keys, dropna=False, sort=True).agg(x=("x", "mean"), y=("y", "mean"),
-                                                       n_runs=("y", "size")).reset_index()
-    if "label" not in df.columns:
-        several = pts.groupby("model")["fraction"].transform("nunique") > 1
-        pts.loc[several, "label"] = [f"{m} ({100 * f:g}%)" for m, f in
-                                     zip(pts.loc[several, "model"], pts.loc[several, "fraction"])]
-    pts["on_frontier"] = pareto_mask(pts["x"], pts["y"], x_better)
-    return pts
+def _variants(points: pd.DataFrame, sel: Selection, at: list[str]) -> dict[str, list[str]]:
+    """Per model, the keys in which its configurations at equal ``at`` values differ (what tells its
+    points or lines apart beyond the data size)."""
+    if sel.fallback:
+        keys = [k for k in ("examples_seen",) if k in points.columns]
+    else:
+        keys = [k for k in config_columns(points) if k not in DATA_SIZE_KEYS]
+    return {model: differing_keys(sub, keys, within=at)
+            for model, sub in points.groupby(points["model"].astype(str), sort=True)}
+
+
+def _variant_label(row: pd.Series, keys: list[str]) -> str:
+    return ", ".join(f"{k}={format_value(row[k])}" for k in keys)
+
+
+def _hints(variants: dict[str, list[str]], sel: Selection, where: str) -> list[str]:
+    """One line per set of differing keys: which models have several configurations, and the flag
+    that keeps one of them."""
+    by_keys: dict[tuple[str, ...], list[str]] = {}
+    for model, keys in variants.items():
+        if keys:
+            by_keys.setdefault(tuple(keys), []).append(model)
+    lines = []
+    for keys, models in by_keys.items():
+        flags = " ".join(f"--best-over {k}" for k in keys)
+        by = f" by {sel.selected_by}" if sel.selected_by else ""
+        lines.append(f"hint: {', '.join(models)} {'has' if len(models) == 1 else 'have'} several configurations at one "
+                     f"{where}, differing in {', '.join(keys)}: drawn separately, not averaged; {flags} keeps the "
+                     f"best{by or ' by select_top1'}")
+    return lines
+
+
+def _pareto(df: pd.DataFrame, x: str, y: str, x_better: str, *, best_over=(), select: str | None = None,
+            level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, Selection, list[str]]:
+    """:func:`pareto_points`, with the runs behind the points (``config_id``, ``_y``), the
+    selection and the hints about models with several configurations at one data fraction."""
+    d = df.assign(_x=_floats(df, x))
+    d = d[np.isfinite(d["_x"]) & (d["_x"] > 0)]
+    sel = choose(d, y, best_over=best_over, select=select, level=level)
+    agg = sel.table(means=("_x", *MEASURED))
+    agg["family"] = [family_of(f) for f in agg["family"]]
+    agg = agg.rename(columns={"_x": "x", "mean": "y"})
+    at = [c for c in ("fraction",) if c in agg.columns]
+    variants = _variants(agg, sel, at) if not agg.empty else {}
+    if "label" in agg.columns:
+        labels = agg.pop("label").astype(str).tolist()
+    else:
+        several = (agg.groupby("model")["fraction"].transform("nunique").gt(1) if "fraction" in agg.columns
+                   else pd.Series(False, index=agg.index))
+        labels = []
+        for (_, r), many in zip(agg.iterrows(), several):
+            parts = [f"{100 * r['fraction']:g}%"] if many else []
+            keys = variants.get(str(r["model"]), [])
+            if keys:
+                parts.append(_variant_label(r, keys))
+            labels.append(f"{r['model']} ({', '.join(parts)})" if parts else str(r["model"]))
+    agg.insert(0, "label", labels)
+    agg["on_frontier"] = pareto_mask(agg["x"], agg["y"], x_better)
+    front = ["label", "family", "model", "fraction", "examples_seen", "x", "y", "std", "ci_low", "ci_high", "n_seeds",
+             "seeds", "on_frontier"]
+    front = [c for c in front if c in agg.columns]
+    pts = agg[front + [c for c in agg.columns if c not in front]]
+    return pts, sel.runs, sel, _hints(variants, sel, "data fraction")
+
+
+def pareto_points(df: pd.DataFrame, x: str, y: str, x_better: str, *, best_over=(), select: str | None = None,
+                  level: float = 0.95) -> pd.DataFrame:
+    """The points of a Pareto figure (and its CSV): one per configuration (:mod:`.aggregate`), seeds
+    averaged, ``best_over`` keys chosen by ``select``. Columns: label, family, model, fraction,
+    examples_seen, x (mean over seeds), y (mean), std, ci_low, ci_high (Student-t at ``level``),
+    n_seeds, seeds, on_frontier, then the configuration's keys, ``chosen.*`` values, measured means
+    and ``aggregation``. Labels are the ``label`` column (paper tables) or the model, plus the data
+    fraction when a model was trained on several, plus the config keys that tell apart a model's
+    configurations at one fraction."""
+    return _pareto(df, x, y, x_better, best_over=best_over, select=select, level=level)[0]
 
 
 _LABEL_SPOTS = [(5, 3, "left"), (5, -10, "left"), (-5, 3, "right"), (-5, -10, "right"),
@@ -304,12 +370,16 @@ def worth_fitting(x: pd.Series) -> bool:
     return x.nunique() >= 4 or (x.nunique() == 3 and len(x) > 3)
 
 
-def _frontier_fit(pts: pd.DataFrame, n_boot: int, seed: int) -> PowerLawFit | None:
+def _frontier_fit(pts: pd.DataFrame, runs: pd.DataFrame, n_boot: int, seed: int) -> PowerLawFit | None:
+    """The power law of error against x through the frontier's configurations, fitted to every seed
+    of them (each at its configuration's mean x), so the bootstrap resamples seeds."""
     front = pts[pts["on_frontier"]]
-    if not worth_fitting(front["x"]):
+    obs = runs[runs["config_id"].isin(front["config_id"])]
+    x = obs["config_id"].map(front.set_index("config_id")["x"])
+    if not worth_fitting(x):
         return None
     try:
-        return fit_power_law(front["x"], 1.0 - front["y"], n_boot=n_boot, seed=seed)
+        return fit_power_law(x, 1.0 - obs["_y"], n_boot=n_boot, seed=seed)
     except UserError:
         return None
 
@@ -366,33 +436,47 @@ def _data_axis(df: pd.DataFrame) -> tuple[str, str]:
     raise UserError("data scaling: neither train_size nor fraction has positive values in the finished runs")
 
 
-def data_scaling_points(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean, std, min, max and count of ``y`` over seeds, per model and ``x`` (the figure's CSV)."""
-    d = pd.DataFrame({"model": df["model"].astype(str), "family": [family_of(f) for f in df["family"]],
-                      "x": pd.to_numeric(df[x], errors="coerce").astype(float),
-                      "y": pd.to_numeric(df[y], errors="coerce").astype(float)}).dropna()
-    d = d[d["x"] > 0]
-    g = d.groupby(["family", "model", "x"], sort=True)["y"]
-    out = g.agg(mean="mean", std="std", min="min", max="max", n="count").reset_index()
-    out["std"] = out["std"].fillna(0.0)
-    return out
+def _data_scaling(df: pd.DataFrame, x: str, y: str, *, best_over=(), select: str | None = None,
+                  level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, Selection, list[str]]:
+    """:func:`data_scaling_points`, with the runs behind them (``line``, ``x``, ``y``), the
+    selection and the hints about models with several configurations at one data size."""
+    d = df.assign(_x=_floats(df, x))
+    d = d[np.isfinite(d["_x"]) & (d["_x"] > 0)]
+    sel = choose(d, y, best_over=best_over, select=select, level=level)
+    agg = sel.table(means=("_x", *MEASURED)).rename(columns={"_x": "x"})
+    agg["family"] = [family_of(f) for f in agg["family"]]
+    variants = _variants(agg, sel, ["x"]) if not agg.empty else {}
+    agg.insert(0, "line", [f"{r['model']} ({_variant_label(r, variants[str(r['model'])])})"
+                           if variants.get(str(r["model"])) else str(r["model"]) for _, r in agg.iterrows()])
+    front = ["family", "model", "line", "x", "mean", "std", "ci_low", "ci_high", "min", "max", "n_seeds", "seeds"]
+    agg = agg[front + [c for c in agg.columns if c not in front]]
+    runs = sel.runs.assign(line=sel.runs["config_id"].map(agg.set_index("config_id")["line"]),
+                           family=[family_of(f) for f in sel.runs["family"]], x=sel.runs["_x"], y=sel.runs["_y"])
+    return agg, runs, sel, _hints(variants, sel, "data size")
 
 
-def draw_data_scaling(ax, agg: pd.DataFrame, raw: pd.DataFrame, xlabel: str, ylabel: str,
-                      fits: dict[str, PowerLawFit]) -> None:
+def data_scaling_points(df: pd.DataFrame, x: str, y: str, *, best_over=(), select: str | None = None,
+                        level: float = 0.95) -> pd.DataFrame:
+    """The data-scaling figure's CSV: one row per configuration and data size (:mod:`.aggregate`)
+    with family, model, line (the model, plus the config keys that tell its configurations at one
+    size apart), x, mean, std, ci_low, ci_high (Student-t at ``level``), min, max, n_seeds, seeds,
+    then the configuration's keys, ``chosen.*`` values and ``aggregation``."""
+    return _data_scaling(df, x, y, best_over=best_over, select=select, level=level)[0]
+
+
+def draw_data_scaling(ax, agg: pd.DataFrame, xlabel: str, ylabel: str, fits: dict[str, PowerLawFit]) -> None:
     for fam, (_, marker, _, cmap_name) in FAMILIES.items():
-        models = sorted(agg.loc[agg["family"] == fam, "model"].unique())
+        lines = sorted(agg.loc[agg["family"] == fam, "line"].unique())
         cmap = plt.get_cmap(cmap_name)
-        for i, model in enumerate(models):
-            color = cmap(0.5 + 0.45 * i / max(len(models) - 1, 1))
-            m = agg[agg["model"] == model].sort_values("x")
+        for i, line in enumerate(lines):
+            color = cmap(0.5 + 0.45 * i / max(len(lines) - 1, 1))
+            m = agg[agg["line"] == line].sort_values("x")
             style = "-" if fam == "mixer" else "--"
-            fit = fits.get(model)
-            label = model if fit is None else f"{model} (b={fit.b:.2f})"
+            fit = fits.get(line)
+            label = line if fit is None else f"{line} (b={fit.b:.2f})"
             ax.plot(m["x"], 100 * m["mean"], ls=style, marker=marker, color=color, label=label, lw=1.5, ms=5)
-            if (m["n"] > 1).any():
-                ax.fill_between(m["x"], 100 * (m["mean"] - m["std"]), 100 * (m["mean"] + m["std"]),
-                                color=color, alpha=0.15, lw=0)
+            if (m["n_seeds"] > 1).any():  # the mean's interval; a size with one seed has none
+                ax.fill_between(m["x"], 100 * m["ci_low"], 100 * m["ci_high"], color=color, alpha=0.15, lw=0)
             if fit is not None:
                 grid = np.geomspace(m["x"].min(), m["x"].max() * EXTRAPOLATE, 80)
                 ax.plot(grid, 100 * (1 - fit.predict(grid)), ls=":", color=color, lw=1)
@@ -407,32 +491,31 @@ def draw_data_scaling(ax, agg: pd.DataFrame, raw: pd.DataFrame, xlabel: str, yla
     ax.legend(fontsize=7, loc="best")
 
 
-def _scaling_fits(raw: pd.DataFrame, x: str, y: str, n_boot: int, seed: int) -> dict[str, PowerLawFit]:
+def _scaling_fits(runs: pd.DataFrame, n_boot: int, seed: int) -> dict[str, PowerLawFit]:
+    """A power law per line, fitted to every seed at every size (``runs`` from :func:`_data_scaling`)."""
     fits = {}
-    for model, sub in raw.groupby(raw["model"].astype(str), sort=True):
-        xs = pd.to_numeric(sub[x], errors="coerce")
-        ys = pd.to_numeric(sub[y], errors="coerce")
-        if not worth_fitting(xs[ys.notna()]):
+    for line, sub in runs.groupby("line", sort=True):
+        if not worth_fitting(sub["x"]):
             continue
         try:
-            fits[model] = fit_power_law(xs, 1.0 - ys, n_boot=n_boot, seed=seed)
+            fits[line] = fit_power_law(sub["x"], 1.0 - sub["y"], n_boot=n_boot, seed=seed)
         except UserError:
             continue
     return fits
 
 
-def _slopes_line(raw: pd.DataFrame, x: str, y: str, fits: dict[str, PowerLawFit], what: str) -> str:
+def _slopes_line(runs: pd.DataFrame, fits: dict[str, PowerLawFit], what: str) -> str:
     parts = []
-    for model, sub in raw.groupby(raw["model"].astype(str), sort=True):
-        fit = fits.get(model)
+    for line, sub in runs.groupby("line", sort=True):
+        fit = fits.get(line)
         if fit is not None:
             lo, hi = fit.ci["b"]
             ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
-            parts.append(f"{model} b={fit.b:.2f}{ci} c={fit.c:.3f}")
+            parts.append(f"{line} b={fit.b:.2f}{ci} c={fit.c:.3f}")
         else:
-            s = loglog_slope(pd.to_numeric(sub[x], errors="coerce"), 1 - pd.to_numeric(sub[y], errors="coerce"))
-            parts.append(f"{model} " + (f"log-log slope of err {s:.2f} (too few sizes to fit)" if np.isfinite(s)
-                                        else "one size only"))
+            s = loglog_slope(sub["x"], 1 - sub["y"])
+            parts.append(f"{line} " + (f"log-log slope of err {s:.2f} (too few sizes to fit)" if np.isfinite(s)
+                                       else "one size only"))
     return f"{what}, err = a·n^(-b) + c: " + "; ".join(parts)
 
 
@@ -441,25 +524,36 @@ def _slopes_line(raw: pd.DataFrame, x: str, y: str, fits: dict[str, PowerLawFit]
 
 
 def _pareto_pair(done: pd.DataFrame, metric: Metric, compute: str, n_boot: int, seed: int,
-                 throughput_label: str = "inference throughput (img/s)"):
+                 throughput_label: str = "inference throughput (img/s)", **choice):
+    """Both Pareto figures' points, runs and the compute frontier's fit; ``choice``: ``best_over``,
+    ``select``, ``level`` (:func:`.aggregate.choose`)."""
     col, xlabel = COMPUTE_AXES[compute]
     _require(done, col, f"compute={compute}", "choose another --compute")
     _require(done, "throughput", "throughput figure")
-    pc = pareto_points(done, col, metric.column, "lower")
-    pt = pareto_points(done, "throughput", metric.column, "higher")
-    fit = _frontier_fit(pc, n_boot, seed)
-    return (pc, xlabel, fit), (pt, throughput_label)
+    pc, pc_runs, sel, hints = _pareto(done, col, metric.column, "lower", **choice)
+    pt, _, _, _ = _pareto(done, "throughput", metric.column, "higher", **choice)
+    fit = _frontier_fit(pc, pc_runs, n_boot, seed)
+    return (pc, pc_runs, xlabel, fit), (pt, throughput_label), sel, hints
+
+
+def _titled(title: str, sel: Selection) -> str:
+    return f"{title}\n{sel.note}"
 
 
 def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
            dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
-           summary: Summary | None = None, n_boot: int = 200, seed: int = 0) -> Rendered:
-    """Figures 1–3 (and the paper overlays) from a results table into ``out_dir``.
+           summary: Summary | None = None, n_boot: int = 200, seed: int = 0, best_over=(),
+           select: str | None = None, level: float = 0.95) -> Rendered:
+    """Figures 1–3 (and the paper overlays), ``fits.csv`` and the findings (``findings.md``,
+    ``findings.json``) from a results table into ``out_dir``.
 
     ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
     data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
     has no few-shot columns). ``compute``: ``flops`` (3 × forward FLOPs × examples seen) or
-    ``device_hours``.
+    ``device_hours``. Points are configurations, seeds averaged with a Student-t interval at
+    ``level``; ``best_over`` config keys are chosen per configuration by ``select`` (default
+    ``select_top1``; :mod:`.aggregate`). ``n_boot`` and ``seed``: the bootstrap of the fits and the
+    findings.
     """
     if compute not in COMPUTE_AXES:
         raise UserError(f"unknown compute axis {compute!r}; choose one of: {', '.join(COMPUTE_AXES)}")
@@ -467,16 +561,21 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     pareto_metric = resolve_metric(done, metric, k, dataset)
     scaling_default = "fewshot" if fewshot_datasets(done) else "val_top1"
     scaling_metric = resolve_metric(done, metric, k, dataset, default=scaling_default)
-    (pc, xlabel, cfit), (pt, tlabel) = _pareto_pair(done, pareto_metric, compute, n_boot, seed)
+    choice = dict(best_over=tuple(best_over), select=select, level=level)
+    (pc, pc_runs, xlabel, cfit), (pt, tlabel), psel, hints = _pareto_pair(done, pareto_metric, compute, n_boot,
+                                                                          seed, **choice)
     x_col, x_label = _data_axis(done)
-    fits = _scaling_fits(done, x_col, scaling_metric.column, n_boot, seed)
-    agg = data_scaling_points(done, x_col, scaling_metric.column)
+    agg, scaling_runs, ssel, scaling_hints = _data_scaling(done, x_col, scaling_metric.column, **choice)
     if agg.empty:
         raise UserError(f"data scaling: no finished run has both {x_col} and {scaling_metric.column}")
+    fits = _scaling_fits(scaling_runs, n_boot, seed)
+    found = study_findings(scaling_runs, fits, metric=scaling_metric.column, x=x_col, compute=pc, compute_runs=pc_runs,
+                           throughput=pt, pareto_metric=pareto_metric.column, compute_axis=COMPUTE_AXES[compute][0],
+                           aggregation=ssel.note, n_boot=n_boot, level=level, seed=seed)
     if overlay_paper:
         paper = reference.paper_results(3, reference.JFT)
         pm = resolve_metric(paper, "val_top1", None, None, paper=True)
-        (ppc, pxlabel, pfit), (ppt, ptlabel) = _pareto_pair(
+        (ppc, _, pxlabel, pfit), (ppt, ptlabel), _, _ = _pareto_pair(
             paper, pm, "core_days", n_boot, seed, throughput_label="inference throughput (img/s/core)")
 
     n_skipped = len(df) - len(done)
@@ -485,14 +584,15 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     files: list[str] = []
     with _rendering(out_dir) as tmp:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        draw_pareto(ax, pc, xlabel, pareto_metric.label, "lower", "accuracy vs pre-training compute" + note, cfit)
+        draw_pareto(ax, pc, xlabel, pareto_metric.label, "lower",
+                    _titled("accuracy vs pre-training compute" + note, psel), cfit)
         _save(fig, tmp, "pareto_compute", pc, files)
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        draw_pareto(ax, pt, tlabel, pareto_metric.label, "higher", "accuracy vs throughput" + note)
+        draw_pareto(ax, pt, tlabel, pareto_metric.label, "higher", _titled("accuracy vs throughput" + note, psel))
         _save(fig, tmp, "pareto_throughput", pt, files)
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        draw_data_scaling(ax, agg, done, x_label, scaling_metric.label, fits)
-        ax.set_title("data scaling" + note, fontsize=10)
+        draw_data_scaling(ax, agg, x_label, scaling_metric.label, fits)
+        ax.set_title(_titled("data scaling" + note, ssel), fontsize=10)
         _save(fig, tmp, "data_scaling", agg, files)
         fit_rows = {f"data_scaling/{m}": f for m, f in fits.items()}
         kinds = {f"data_scaling/{m}": f"{scaling_metric.column} vs {x_col}" for m in fits}
@@ -505,7 +605,7 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
                 "overlay_throughput": (pt, tlabel, None, ppt, ptlabel, None, "higher"),
             }.items():
                 fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
-                draw_pareto(a1, ours, ox, pareto_metric.label, better, "ours" + note, ofit)
+                draw_pareto(a1, ours, ox, pareto_metric.label, better, _titled("ours" + note, psel), ofit)
                 draw_pareto(a2, theirs, tx, pm.label, better, "paper, Table 3 (JFT-300M pre-training)", tfit)
                 _save(fig, tmp, stem, pd.concat([ours.assign(source="ours"), theirs.assign(source="paper")]), files)
             if pfit is not None:
@@ -514,14 +614,18 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         table = fits_table(fit_rows, fit=kinds)
         table.to_csv(tmp / "fits.csv", index=False)
         files.append("fits.csv")
+        files.extend(found.write(tmp))
     lines += [
+        f"points: Pareto ({pareto_metric.column}) {psel.note}; data scaling ({scaling_metric.column}) {ssel.note}",
         _frontier_line(pc, f"compute frontier ({pareto_metric.column} vs {compute})"),
         _frontier_line(pt, f"throughput frontier ({pareto_metric.column} vs img/s)"),
-        _slopes_line(done, x_col, scaling_metric.column, fits, f"data scaling ({scaling_metric.column} vs {x_col})"),
+        _slopes_line(scaling_runs, fits, f"data scaling ({scaling_metric.column} vs {x_col})"),
     ]
     if cfit is not None:
         lines.append(f"compute frontier fit: err = a·C^(-b) + c, b={cfit.b:.3f}, c={cfit.c:.3f}")
-    return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table)
+    lines += list(dict.fromkeys(hints + scaling_hints))
+    lines += found.short()
+    return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table, found)
 
 
 def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compute: str = "core_days",
@@ -544,11 +648,11 @@ def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compu
     for stem, table, m, title in (("paper_table3_jft", t3, m3, "paper Table 3, JFT-300M pre-training"),
                                   ("paper_table2", t2, m2, "paper Table 2 (pre-training data varies)")):
         panels[stem] = (title, m) + _pareto_pair(table, m, compute, n_boot, seed,
-                                                 throughput_label="inference throughput (img/s/core)")
+                                                 throughput_label="inference throughput (img/s/core)")[:2]
     files: list[str] = []
     fit_rows, kinds, lines = {}, {}, []
     with _rendering(out_dir) as tmp:
-        for stem, (title, m, (pc, xlabel, cfit), (pt, tlabel)) in panels.items():
+        for stem, (title, m, (pc, _, xlabel, cfit), (pt, tlabel)) in panels.items():
             fig, ax = plt.subplots(figsize=(6.4, 4.8))
             draw_pareto(ax, pc, xlabel, m.label, "lower", title, cfit)
             _save(fig, tmp, f"{stem}_compute", pc, files)
@@ -566,5 +670,5 @@ def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compu
     return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table)
 
 
-__all__ = ["COMPUTE_AXES", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "pareto_mask",
+__all__ = ["COMPUTE_AXES", "DATA_SIZE_KEYS", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "pareto_mask",
            "pareto_points", "render", "render_paper", "resolve_metric", "staging"]

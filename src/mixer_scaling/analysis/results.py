@@ -20,11 +20,30 @@ pretrain_flops     total pre-training FLOPs = 3 × flops_per_image × examples_s
 device_hours       training wall time × devices
 throughput         inference images per second (batch size swept, best kept)
 val_top1           upstream validation top-1, a fraction in [0, 1]
+select_top1        upstream top-1 on the held-out selection half of the validation split (what
+                   early stopping and ``figures --best-over`` select on; never a reported metric)
+best_step          the step whose weights were evaluated (early stopping; ``steps`` without it)
+precision          what the run computed in (``bf16``, ``fp32``)
 status             ``done``, ``failed``, ``running``, ``interrupted``
 study              the study or sweep the run belongs to (the W&B group)
 run_dir            where the record was read from (W&B URL for W&B runs)
 fewshot_<d>_<k>    linear k-shot accuracy on downstream set ``d``, a fraction in [0, 1]
+permutation        ``data.permutation`` of the run (``original`` when it has none)
+<group>.<key>      config columns (below), e.g. ``train.lr``, ``data.fraction``, ``model.name``
 =================  ==============================================================================
+
+**Config columns.** One column per key of the run's config that defines the experiment: exactly what
+:func:`mixer_scaling.records.identity` keeps of the record's ``config`` (paths, logging and checkpoint
+cadence, W&B settings and the like are not there), flattened with dots (``train.lr``,
+``train.weight_decay``, ``data.name``, ``data.fraction``, ``data.image_size``, ``model.name``,
+``model.token_groups``, ``data.permutation``, ``fewshot.shots``...). Top-level keys are
+``config.<key>`` (``config.device``), except ``seed``, which is the ``seed`` column. Options at their
+neutral value (``data.permutation`` null, ``model.token_groups`` 1) are not in the identity, so
+their columns are empty for such runs. Lists are JSON text (``train.betas`` = ``[0.9, 0.999]``), so
+every value is hashable. Each column has one type: numbers are float64, booleans ``boolean``,
+anything else (or a mix) text, which parquet and CSV both keep. A record without a config (older
+runs, the paper's tables) has no config columns; :func:`config_columns` lists a table's. A
+*configuration* is all config columns but the seed (:mod:`mixer_scaling.analysis.aggregate`).
 
 Accuracies are fractions everywhere (the paper's percentages are divided by 100 in
 :mod:`mixer_scaling.analysis.reference`). Runs that are not ``done`` stay in the table with their
@@ -47,7 +66,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 
 from ..errors import CorruptFile, UserError, one_line
-from ..records import DONE, FAILED, INTERRUPTED, RESULT_FILE, RUNNING, STATUSES, read_record
+from ..records import DONE, FAILED, INTERRUPTED, RESULT_FILE, RUNNING, STATUSES, identity, read_record
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +74,16 @@ log = logging.getLogger(__name__)
 COLUMNS = [
     "run_id", "family", "model", "size", "patch", "params", "flops_per_image", "fraction", "train_size",
     "examples_seen", "epochs", "seed", "pretrain_flops", "device_hours", "throughput", "val_top1",
-    "status", "study", "run_dir",
+    "select_top1", "best_step", "precision", "status", "study", "run_dir",
 ]
-TEXT_COLUMNS = ("run_id", "family", "model", "size", "status", "study", "run_dir")
-INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "seed")
+TEXT_COLUMNS = ("run_id", "family", "model", "size", "precision", "status", "study", "run_dir")
+INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "seed", "best_step")
 FLOAT_COLUMNS = ("flops_per_image", "fraction", "epochs", "pretrain_flops", "device_hours", "throughput",
-                 "val_top1")
+                 "val_top1", "select_top1")
+#: Top-level config keys other than ``seed`` become ``config.<key>`` columns.
+CONFIG_PREFIX = "config."
+#: Columns :mod:`.aggregate` adds for a ``--best-over`` key (``chosen.train.lr``): not config columns.
+CHOSEN_PREFIX = "chosen."
 # Columns a table must have to be drawn (the reference tables and W&B tables have them too).
 REQUIRED_COLUMNS = ("family", "model", "status")
 FEWSHOT_PREFIX = "fewshot_"
@@ -152,6 +175,39 @@ def pretrain_flops(flops_per_image: Any, examples_seen: Any) -> float:
     return 3.0 * _num(flops_per_image) * _num(examples_seen)
 
 
+def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, name + ".", out)
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value, default=str)
+        else:
+            out[name] = value
+
+
+def config_row(config: Any) -> dict[str, Any]:
+    """The config columns of one run: :func:`~mixer_scaling.records.identity` of its resolved config,
+    flattened with dots (top-level keys as ``config.<key>``, ``seed`` left to the seed column), lists
+    as JSON text. Empty for a missing or empty config."""
+    if not isinstance(config, Mapping) or not config:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in identity(config).items():
+        if key == "seed":
+            continue
+        if isinstance(value, Mapping):
+            _flatten(value, f"{key}.", out)
+        else:
+            _flatten({key: value}, CONFIG_PREFIX, out)
+    return out
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The table's config columns (dotted names; ``chosen.*`` columns are not config columns)."""
+    return [c for c in df.columns if isinstance(c, str) and "." in c and not c.startswith(CHOSEN_PREFIX)]
+
+
 def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """One table row from one ``result.json`` record (missing fields become NaN/None)."""
     row: dict[str, Any] = {
@@ -180,10 +236,14 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
         row["epochs"] = _num(row["examples_seen"]) / _num(row["train_size"])
     metrics = rec.get("metrics") or {}
     row["val_top1"] = _num(metrics.get("val_top1"))
+    row["select_top1"] = _num(metrics.get("select_top1"))
+    row["best_step"] = rec.get("best_step")
+    row["precision"] = rec.get("precision")
     for dataset, per_k in (metrics.get("fewshot") or {}).items():
         for k, acc in (per_k or {}).items():
             if str(k).isdigit():
                 row[fewshot_column(dataset, k)] = _num(acc)
+    row.update(config_row(rec.get("config")))
     return row
 
 
@@ -208,8 +268,32 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     fs = fewshot_columns(df)
     for col in fs:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    extra = [c for c in df.columns if c not in COLUMNS and c not in fs]
-    return df[COLUMNS + fs + extra].reset_index(drop=True)
+    config = sorted(config_columns(df))
+    for col in config:
+        df[col] = _config_dtype(df[col])
+    extra = [c for c in df.columns if c not in COLUMNS and c not in fs and c not in config]
+    return df[COLUMNS + fs + extra + config].reset_index(drop=True)
+
+
+def _config_text(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return pd.NA
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _config_dtype(col: pd.Series) -> pd.Series:
+    """One type per config column, the same whether it came from records, parquet or CSV: numbers →
+    float64, booleans → ``boolean``, anything else (or a mix of kinds) → text."""
+    kind = pd.api.types.infer_dtype(col, skipna=True)
+    if kind in ("empty", "integer", "floating", "mixed-integer-float", "decimal"):
+        return pd.to_numeric(col, errors="coerce").astype("float64")
+    if kind == "boolean":
+        return col.astype("boolean")
+    return col.map(_config_text, na_action="ignore").astype("string")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,11 +494,31 @@ def _flops_of(name: str | None, image_size: Any, num_classes: Any) -> float:
         return math.nan
 
 
+def _plain_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A W&B run config as the nested resolved config: raw ``{"value": ...}`` entries unwrapped,
+    dotted keys nested, W&B's own ``_``-prefixed entries left out."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if str(key).startswith("_"):
+            continue
+        if isinstance(value, Mapping) and "value" in value and set(value) <= {"value", "desc"}:
+            value = value["value"]
+        if isinstance(value, Mapping):
+            value = _plain_config(value)
+        node = out
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def row_from_wandb(run: Any) -> dict[str, Any]:
     """One table row from a ``wandb.apis.public.Run``: its config (the resolved run config) and summary.
 
     Fields the summary holds under their record names win over values derived from the config;
-    forward FLOPs are recomputed from the model registry when the summary lacks them.
+    forward FLOPs are recomputed from the model registry when the summary lacks them. The config
+    columns come from the run's config as from a record's (:func:`config_row`).
     """
     cfg = dict(run.config or {})
     summary = dict(getattr(run, "summary_metrics", None) or {})
@@ -445,6 +549,9 @@ def row_from_wandb(run: Any) -> dict[str, Any]:
         "device_hours": _num(summary.get("device_hours")),
         "throughput": _num(summary.get("throughput")),
         "val_top1": _num(summary.get("val_top1")),
+        "select_top1": _num(summary.get("select_top1", summary.get("metrics/select_top1"))),
+        "best_step": summary.get("best_step"),
+        "precision": summary.get("precision"),
         "status": status,
         "study": getattr(run, "group", None) or _get(cfg, "study"),
         "run_dir": getattr(run, "url", None),
@@ -455,6 +562,7 @@ def row_from_wandb(run: Any) -> dict[str, Any]:
         m = _SHOT_KEY.match(str(key))
         if m:
             row[fewshot_column(m["dataset"], m["k"])] = _num(value)
+    row.update(config_row(_plain_config(cfg)))
     return row
 
 
@@ -538,9 +646,12 @@ def synthetic_records(n: int, *, seed: int = 0, full_size: int = 1_000_000, exam
     Runs cycle through :data:`SYNTHETIC_MODELS` × :data:`SYNTHETIC_FRACTIONS` × seeds; accuracy
     follows ``1 − (d·fraction^(−b) + c)`` per model with small noise, so fits have something to find.
     ``statuses`` gives the share of each non-done status (e.g. ``{"failed": 0.05}``); such runs have
-    no metrics, as real ones would not.
+    no metrics, as real ones would not. Each record's ``config`` holds ``model.name``,
+    ``data.fraction``, ``train.lr`` and ``seed``; ``metrics.select_top1`` is the accuracy with its own
+    noise (a second stream, so the other values do not depend on it).
     """
     rng = random.Random(seed)
+    select_rng = random.Random(f"select-{seed}")
     cells = [(m, f) for m in SYNTHETIC_MODELS for f in SYNTHETIC_FRACTIONS]
     out = []
     for i in range(n):
@@ -559,7 +670,8 @@ def synthetic_records(n: int, *, seed: int = 0, full_size: int = 1_000_000, exam
         run_id = f"{i:06d}{rng.getrandbits(16):04x}"
         rec: dict[str, Any] = {
             "run_id": run_id, "run_dir": f"runs/{run_id}", "study": "synthetic", "status": status,
-            "config": {"model": {"name": name}, "data": {"fraction": fraction}, "seed": run_seed},
+            "config": {"model": {"name": name}, "data": {"fraction": fraction}, "train": {"lr": 1e-3},
+                       "seed": run_seed},
             "model": name, "family": family, "size": size, "patch": patch, "image_size": 224,
             "params": params, "params_backbone": params - 769_000, "flops_per_image": flops,
             "dataset": "synthetic", "num_classes": 1000, "fraction": fraction, "train_size": train_size,
@@ -573,6 +685,7 @@ def synthetic_records(n: int, *, seed: int = 0, full_size: int = 1_000_000, exam
         if status == DONE:
             rec["metrics"] = {
                 "val_top1": acc,
+                "select_top1": min(max(acc + select_rng.gauss(0.0, 0.005), 0.0), 1.0),
                 "fewshot": {
                     ds: {str(k): min(max(acc * scale * (1 - 0.5 / k) + rng.gauss(0, 0.01), 0.0), 1.0)
                          for k in (1, 5, 10, 25)}
@@ -596,8 +709,8 @@ def write_records(records: Iterable[Mapping[str, Any]], runs_dir: str | os.PathL
 
 
 __all__ = [
-    "COLUMNS", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect", "collect_wandb", "conform",
-    "done_runs", "fewshot_column", "fewshot_columns", "fewshot_datasets", "find_records",
-    "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record", "row_from_wandb", "to_frame",
+    "CHOSEN_PREFIX", "COLUMNS", "CONFIG_PREFIX", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect",
+    "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "fewshot_column", "fewshot_columns",
+    "fewshot_datasets", "find_records", "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record", "row_from_wandb", "to_frame",
     "synthetic_records", "write_records", "write_table",
 ]

@@ -173,6 +173,10 @@ def validate_data_cfg(cfg: Mapping) -> None:
     check_randaugment(cfg.get("randaugment"))
     if name == "synthetic":
         _int_key(cfg, "num_classes", 2, MAX_SYNTHETIC_CLASSES)
+        nuisance = cfg.get("nuisance", 1.0)
+        if isinstance(nuisance, bool) or not isinstance(nuisance, (int, float)) or not 0 <= nuisance <= 1:
+            raise ConfigError(f"data.nuisance={nuisance!r} is not allowed; expected a number in [0, 1] "
+                              "(1: the full per-sample variation, 0: class prototypes)")
         size = _int_key(cfg, "size", 1)
         _int_key(cfg, "val_size", 1)
         _check_subset(size, fraction, "data.size")
@@ -234,7 +238,8 @@ def _build(cfg: dict) -> DataBundle:
     name, image_size, fraction = cfg["name"], int(cfg["image_size"]), float(cfg["fraction"])
     seed = int(cfg.get("seed", 0))
     if name == "synthetic":
-        common = dict(image_size=image_size, classes=int(cfg["num_classes"]), seed=seed)
+        common = dict(image_size=image_size, classes=int(cfg["num_classes"]), seed=seed,
+                      nuisance=float(cfg.get("nuisance", 1.0)))
         full = int(cfg["size"])
         # Labels cycle through the classes, so every prefix is a balanced nested subset.
         train = SyntheticImages(

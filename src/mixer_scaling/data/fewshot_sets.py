@@ -98,14 +98,15 @@ def digits(image_size: int) -> FewshotSet:
 
 def synthetic_heldout(image_size: int, data_cfg: Mapping | None = None) -> FewshotSet:
     """Held-out classes of the embedded generator: ids ``num_classes .. num_classes + 19`` of the
-    pre-training data's seed (or ids 1000.. of seed 0 when pre-training uses other data)."""
+    pre-training data's seed and nuisance (or ids 1000.. of seed 0 when pre-training uses other data)."""
     data_cfg = plain(data_cfg)
     if data_cfg.get("name") == "synthetic":
         seed, offset = int(data_cfg.get("seed", 0)), int(data_cfg.get("num_classes", 100))
+        nuisance = float(data_cfg.get("nuisance", 1.0))  # new classes of the same data set
     else:
-        seed, offset = 0, DEFAULT_HELDOUT_OFFSET
+        seed, offset, nuisance = 0, DEFAULT_HELDOUT_OFFSET, 1.0
     offset = min(offset, MAX_SYNTHETIC_CLASSES)
-    common = dict(image_size=image_size, classes=HELDOUT_CLASSES, seed=seed, class_offset=offset)
+    common = dict(image_size=image_size, classes=HELDOUT_CLASSES, seed=seed, class_offset=offset, nuisance=nuisance)
     train = SyntheticImages(HELDOUT_CLASSES * HELDOUT_POOL_PER_CLASS, split="fewshot_train", **common)
     test = SyntheticImages(HELDOUT_CLASSES * HELDOUT_TEST_PER_CLASS, split="fewshot_test", **common)
     return FewshotSet(train, test, HELDOUT_CLASSES)

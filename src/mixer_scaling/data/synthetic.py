@@ -62,6 +62,7 @@ __all__ = [
     "benchmark",
     "splitmix64",
     "hash_uniforms",
+    "scaled_nuisance",
 ]
 
 #: Split name -> the number mixed into the hash. Different keys give independent streams of images.
@@ -227,6 +228,27 @@ NUISANCE = {
 }
 
 
+def scaled_nuisance(amount: float) -> dict:
+    """:data:`NUISANCE` with every per-sample variation scaled by ``amount`` (``data.nuisance``): 1 is the
+    data set as documented, 0 renders each class's prototype (centred, upright, clean) with only the
+    class-independent background colours varying. The object's scale range shrinks to its middle, the
+    multiplicative frequency jitter goes as a power, the lowest texture contrast rises towards 1."""
+    if amount == 1:
+        return NUISANCE
+    a = float(amount)
+    lo, hi = NUISANCE["scale"]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    out = {k: v * a for k, v in NUISANCE.items() if isinstance(v, float)}
+    out.update(
+        scale=(mid - half * a, mid + half * a),
+        tex_freq=NUISANCE["tex_freq"] ** a,
+        tex_contrast=1 - (1 - NUISANCE["tex_contrast"]) * a,
+        noise=tuple(v * a for v in NUISANCE["noise"]),
+        occluder_size=NUISANCE["occluder_size"],
+    )
+    return out
+
+
 _BANK_CACHE: dict[tuple[int, int], np.ndarray] = {}
 _BLAS: list = []  # [threadpoolctl controller or None], made on first use
 
@@ -291,6 +313,7 @@ class SyntheticImages(Dataset):
         class_offset: int = 0,
         flip: bool = False,
         randaugment: str | None = None,
+        nuisance: float = 1.0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {sorted(SPLITS)}")
@@ -307,6 +330,9 @@ class SyntheticImages(Dataset):
         self.class_offset = int(class_offset)
         self.flip = bool(flip)
         self.randaugment = randaugment
+        if not 0 <= float(nuisance) <= 1:
+            raise ValueError(f"nuisance={nuisance} is outside [0, 1]")
+        self.nuisance = float(nuisance)
         self._ra: Callable | None = None
         if randaugment:
             from timm.data.auto_augment import rand_augment_transform
@@ -355,7 +381,7 @@ class SyntheticImages(Dataset):
         idx = self._check(indices)
         labels = idx % self.classes
         args = (self.seed, SPLITS[self.split])
-        tail = (self.image_size, self._grid, self._noise_bank())
+        tail = (self.image_size, self._grid, self._noise_bank(), self.nuisance)
         # Large images are rendered a few at a time so the working planes stay in cache.
         chunk = max(1, _CHUNK_PIXELS // self.image_size**2)
         with single_threaded():
@@ -398,6 +424,7 @@ def render_batch(
     size: int,
     grid: np.ndarray,
     noise: np.ndarray,
+    nuisance: float = 1.0,
 ) -> torch.Tensor:
     """Render samples ``idx`` (of class ``class_ids``) of split ``split_key``: float32 B x 3 x S x S.
 
@@ -416,9 +443,10 @@ def render_batch(
         order = np.argsort(shape, kind="stable")
         inv = np.empty_like(order)
         inv[order] = np.arange(B)
-        return render_batch(seed, split_key, idx[order], class_ids[order], size, grid, noise)[torch.from_numpy(inv)]
+        return render_batch(seed, split_key, idx[order], class_ids[order], size, grid, noise,
+                            nuisance)[torch.from_numpy(inv)]
     U = hash_uniforms(_key(seed, split_key, idx), 40).astype(np.float32)
-    J = NUISANCE
+    J = scaled_nuisance(nuisance)
 
     def t(a):  # (B,) numpy -> (B,1,1) float32 tensor
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).view(-1, 1, 1)
