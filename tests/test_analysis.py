@@ -282,15 +282,18 @@ def test_every_figure_kind_renders_from_results(synthetic_table, tmp_path):
     df, summary = synthetic_table
     out = figures.render(df, tmp_path / "figs", overlay_paper=True, summary=summary, n_boot=50)
     names = {p.name for p in all_files(tmp_path / "figs")}
-    assert names == {f"{s}.{e}" for s in FIGURE_STEMS for e in ("png", "pdf", "csv")} | {"fits.csv"}
+    assert names == ({f"{s}.{e}" for s in FIGURE_STEMS for e in ("png", "pdf", "csv")}
+                     | {"fits.csv", "findings.md", "findings.json"})
     assert all(p.stat().st_size > 1000 for p in out.figures)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging folder gone
 
     scaling = pd.read_csv(tmp_path / "figs" / "data_scaling.csv")
     assert set(scaling["model"]) == {m[0] for m in R.SYNTHETIC_MODELS}
-    assert scaling.groupby("model")["x"].nunique().eq(4).all() and (scaling["n"] > 1).all()
+    assert scaling.groupby("model")["x"].nunique().eq(4).all() and (scaling["n_seeds"] > 1).all()
+    assert (scaling["ci_low"] < scaling["mean"]).all() and (scaling["mean"] < scaling["ci_high"]).all()
     compute = pd.read_csv(tmp_path / "figs" / "pareto_compute.csv")
-    assert compute["on_frontier"].any() and compute["n_runs"].sum() == summary.done
+    assert compute["on_frontier"].any() and compute["n_seeds"].sum() == summary.done
+    assert {"train.lr", "model.name", "data.fraction", "aggregation"} <= set(compute.columns)
     overlay = pd.read_csv(tmp_path / "figs" / "overlay_throughput.csv")
     assert set(overlay["source"]) == {"ours", "paper"}
 
@@ -422,5 +425,5 @@ def test_a_demo_sized_table_draws_without_fits(tmp_path):
     df, summary = R.collect(tmp_path / "runs")
     out = figures.render(df, tmp_path / "figs", summary=summary, n_boot=20)
     assert (tmp_path / "figs" / "data_scaling.png").exists()
-    assert "mixer/tiny one size only" in out.summary[3]
+    assert "mixer/tiny one size only" in next(line for line in out.summary if line.startswith("data scaling ("))
     assert out.fits.empty  # three points are too few for three parameters

@@ -4,7 +4,7 @@
     mixer-scaling collect --wandb ENTITY/PROJECT [--group G] -o results.parquet
     mixer-scaling figures <results.parquet|results.csv|runs_dir|paper> -o figures/ [--overlay-paper]
                           [--metric val_top1|fewshot|fewshot_<dataset>_<k>] [--k 5] [--dataset NAME]
-                          [--compute flops|device_hours|core_days]
+                          [--compute flops|device_hours|core_days] [--best-over KEY ...] [--select METRIC]
 
 :func:`register` adds both to the project's argparse subparsers; each sets ``fn`` to a function of
 the parsed namespace that returns an exit code. Bad input raises :class:`UserError`, which the
@@ -67,19 +67,23 @@ def load_source(source: str) -> tuple[pd.DataFrame, Summary]:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    """Results (or the paper's tables) → figures, their CSVs and fits.csv in one folder."""
+    """Results (or the paper's tables) → figures, their CSVs, fits.csv and (for results) findings.md and
+    findings.json in one folder; prints the files, the summary and the findings."""
     from . import figures  # matplotlib only when drawing
 
     common = dict(n_boot=args.boot, seed=args.seed)
     if args.source == PAPER and not Path(args.source).exists():
         if args.overlay_paper:
             raise UserError("--overlay-paper draws your runs beside the paper's; give a results table or runs directory")
+        if args.best_over or args.select:
+            raise UserError(f"--{'best-over' if args.best_over else 'select'} chooses among your runs' configurations; "
+                            "the paper's tables have one row per model (give a results table or runs directory)")
         out = figures.render_paper(args.output, metric=args.metric, compute=args.compute or "core_days", **common)
     else:
         df, summary = load_source(args.source)
         out = figures.render(df, args.output, metric=args.metric, k=args.k, dataset=args.dataset,
                              compute=args.compute or "flops", overlay_paper=args.overlay_paper,
-                             summary=summary, **common)
+                             summary=summary, best_over=args.best_over or (), select=args.select, **common)
         if "permutation" in df.columns and df.loc[df.status == "done", "permutation"].nunique() > 1:
             from .permutation import render_permutation  # Fig. 4, when the runs vary data.permutation
 
@@ -88,6 +92,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for f in out.files:
         print(f"  {f}")
     print("\n".join(out.summary))
+    if out.findings is not None:
+        print()
+        print(out.findings.markdown(), end="")
     return 0
 
 
@@ -115,6 +122,13 @@ def register(subparsers) -> None:
     f.add_argument("--dataset", help="few-shot data set (default: the first in the table)")
     f.add_argument("--compute", choices=("flops", "device_hours", "core_days"),
                    help="compute axis: flops (default for runs) or device_hours; core_days for the paper")
-    f.add_argument("--boot", type=int, default=200, help="bootstrap resamples per fit (default 200)")
+    f.add_argument("--best-over", action="append", metavar="KEY",
+                   help="a config column (e.g. train.lr) to choose per configuration instead of drawing each value: "
+                        "the value whose runs are best on --select is kept (repeatable)")
+    f.add_argument("--select", metavar="METRIC",
+                   help="what --best-over chooses on: select_top1 (default; upstream top-1 on the held-out selection "
+                        "half of validation), or val_top1 / a few-shot column not used by the reported metric")
+    f.add_argument("--boot", type=int, default=200,
+                   help="bootstrap resamples per fit and for the findings' intervals (default 200)")
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     f.set_defaults(fn=cmd_figures)

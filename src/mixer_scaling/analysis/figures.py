@@ -557,6 +557,8 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     """
     if compute not in COMPUTE_AXES:
         raise UserError(f"unknown compute axis {compute!r}; choose one of: {', '.join(COMPUTE_AXES)}")
+    if n_boot < 0:
+        raise UserError(f"--boot {n_boot} is negative; give a number of bootstrap resamples >= 0")
     done = _check_table(df, summary)
     pareto_metric = resolve_metric(done, metric, k, dataset)
     scaling_default = "fewshot" if fewshot_datasets(done) else "val_top1"
