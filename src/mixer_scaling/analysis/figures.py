@@ -540,21 +540,36 @@ def _titled(title: str, sel: Selection) -> str:
     return f"{title}\n{sel.note}"
 
 
-def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
-           dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
-           summary: Summary | None = None, n_boot: int = 200, seed: int = 0, best_over=(),
-           select: str | None = None, level: float = 0.95) -> Rendered:
-    """Figures 1–3 (and the paper overlays), ``fits.csv`` and the findings (``findings.md``,
-    ``findings.json``) from a results table into ``out_dir``.
+@dataclass
+class Study:
+    """Everything the figures draw and the findings state, computed before anything is written
+    (:func:`study`)."""
 
-    ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
-    data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
-    has no few-shot columns). ``compute``: ``flops`` (3 × forward FLOPs × examples seen) or
-    ``device_hours``. Points are configurations, seeds averaged with a Student-t interval at
-    ``level``; ``best_over`` config keys are chosen per configuration by ``select`` (default
-    ``select_top1``; :mod:`.aggregate`). ``n_boot`` and ``seed``: the bootstrap of the fits and the
-    findings.
-    """
+    done: pd.DataFrame
+    pareto_metric: Metric
+    scaling_metric: Metric
+    compute: str
+    pc: pd.DataFrame  # compute-figure points
+    pc_runs: pd.DataFrame  # the runs behind them
+    compute_label: str
+    compute_fit: PowerLawFit | None
+    pt: pd.DataFrame  # throughput-figure points
+    throughput_label: str
+    pareto_selection: Selection
+    x_col: str
+    x_label: str
+    scaling: pd.DataFrame  # data-scaling points (the figure's CSV)
+    scaling_runs: pd.DataFrame
+    scaling_selection: Selection
+    fits: dict[str, PowerLawFit]
+    hints: list[str]
+    findings: Findings
+
+
+def study(df: pd.DataFrame, *, metric: str | None = None, k: int | None = None, dataset: str | None = None,
+          compute: str = "flops", summary: Summary | None = None, n_boot: int = 200, seed: int = 0,
+          best_over=(), select: str | None = None, level: float = 0.95) -> Study:
+    """The points, fits and findings of :func:`render` (same arguments), without drawing or writing."""
     if compute not in COMPUTE_AXES:
         raise UserError(f"unknown compute axis {compute!r}; choose one of: {', '.join(COMPUTE_AXES)}")
     if n_boot < 0:
@@ -574,6 +589,32 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     found = study_findings(scaling_runs, fits, metric=scaling_metric.column, x=x_col, compute=pc, compute_runs=pc_runs,
                            throughput=pt, pareto_metric=pareto_metric.column, compute_axis=COMPUTE_AXES[compute][0],
                            aggregation=ssel.note, n_boot=n_boot, level=level, seed=seed)
+    return Study(done, pareto_metric, scaling_metric, compute, pc, pc_runs, xlabel, cfit, pt, tlabel, psel, x_col,
+                 x_label, agg, scaling_runs, ssel, fits, list(dict.fromkeys(hints + scaling_hints)), found)
+
+
+def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
+           dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
+           summary: Summary | None = None, n_boot: int = 200, seed: int = 0, best_over=(),
+           select: str | None = None, level: float = 0.95) -> Rendered:
+    """Figures 1–3 (and the paper overlays), ``fits.csv`` and the findings (``findings.md``,
+    ``findings.json``) from a results table into ``out_dir``.
+
+    ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
+    data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
+    has no few-shot columns). ``compute``: ``flops`` (3 × forward FLOPs × examples seen) or
+    ``device_hours``. Points are configurations, seeds averaged with a Student-t interval at
+    ``level``; ``best_over`` config keys are chosen per configuration by ``select`` (default
+    ``select_top1``; :mod:`.aggregate`). ``n_boot`` and ``seed``: the bootstrap of the fits and the
+    findings.
+    """
+    st = study(df, metric=metric, k=k, dataset=dataset, compute=compute, summary=summary, n_boot=n_boot, seed=seed,
+               best_over=best_over, select=select, level=level)
+    done, pareto_metric, scaling_metric = st.done, st.pareto_metric, st.scaling_metric
+    pc, xlabel, cfit, pt, tlabel, psel = (st.pc, st.compute_label, st.compute_fit, st.pt, st.throughput_label,
+                                          st.pareto_selection)
+    x_col, x_label, agg, scaling_runs, ssel, fits, found = (st.x_col, st.x_label, st.scaling, st.scaling_runs,
+                                                            st.scaling_selection, st.fits, st.findings)
     if overlay_paper:
         paper = reference.paper_results(3, reference.JFT)
         pm = resolve_metric(paper, "val_top1", None, None, paper=True)
@@ -625,7 +666,7 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     ]
     if cfit is not None:
         lines.append(f"compute frontier fit: err = a·C^(-b) + c, b={cfit.b:.3f}, c={cfit.c:.3f}")
-    lines += list(dict.fromkeys(hints + scaling_hints))
+    lines += st.hints
     lines += found.short()
     return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table, found)
 
@@ -673,4 +714,4 @@ def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compu
 
 
 __all__ = ["COMPUTE_AXES", "DATA_SIZE_KEYS", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "pareto_mask",
-           "pareto_points", "render", "render_paper", "resolve_metric", "staging"]
+           "pareto_points", "render", "render_paper", "resolve_metric", "staging", "Study", "study"]
