@@ -200,6 +200,24 @@ def test_best_over_with_val_top1_selecting_for_a_few_shot_metric():
         A.aggregate(df, "val_top1", best_over=["train.lr"])
 
 
+def test_best_over_a_key_that_changes_the_flops_still_chooses():
+    """data.image_size changes flops_per_image too; the choice is among configurations whose config
+    differs only in the key, whatever follows from it."""
+    recs = [record(i, seed=s, acc=0.6 + 0.1 * (px == 64), select=0.7 - 0.1 * (px == 64), flops=1e9 * (px / 32) ** 2,
+                   extra={"data.image_size": px}) for i, (px, s) in enumerate((p, s) for p in (32, 64) for s in (0, 1))]
+    out = A.aggregate(table(recs), "val_top1", best_over=["data.image_size"])
+    assert len(out) == 1 and out.loc[0, "chosen.data.image_size"] == 32
+    assert out.loc[0, "flops_per_image"] == 1e9 and out.loc[0, "mean"] == pytest.approx(0.6)
+
+
+def test_best_over_with_nothing_to_choose_says_so():
+    df = table([record(i, n=n, seed=s) for i, (n, s) in enumerate((n, s) for n in SIZES for s in (0, 1))])
+    assert A.choose(df, "val_top1", best_over=["train.lr"]).idle
+    assert not A.choose(_lr_table(), "val_top1", best_over=["train.lr"]).idle
+    hints = figures.study(df, n_boot=0, best_over=["train.lr"]).hints
+    assert hints == ["hint: --best-over train.lr chose nothing: no two configurations differ only in it"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"best_over": ["train.nope"]}, r"--best-over 'train.nope' is not a config column of the table; available: "
                                     r"data.fraction, data.size, model.family, model.name, train.lr"),

@@ -140,6 +140,7 @@ class Selection:
     best_over: tuple[str, ...] = ()
     selected_by: str | None = None
     level: float = 0.95
+    idle: bool = False  # best_over found no two configurations differing only in its keys: nothing was chosen
 
     @property
     def out_keys(self) -> list[str]:
@@ -208,14 +209,27 @@ def choose(df: pd.DataFrame, metric: str, *, best_over: Sequence[str] = (), sele
     runs = df.assign(_y=pd.to_numeric(df[metric], errors="coerce"))
     runs = runs[runs["_y"].notna()].copy()
     runs["config_id"] = ids(runs, keys)
+    idle = False
     if best_over:
-        runs = _keep_best(runs, keys, best_over, selected_by)
-    return Selection(runs.reset_index(drop=True), metric, keys, fallback, best_over, selected_by, level)
+        runs, idle = _keep_best(runs, keys, best_over, selected_by)
+    return Selection(runs.reset_index(drop=True), metric, keys, fallback, best_over, selected_by, level, idle)
 
 
-def _keep_best(runs: pd.DataFrame, keys: list[str], best_over: tuple[str, ...], by: str) -> pd.DataFrame:
-    runs = runs.assign(_s=pd.to_numeric(runs[by], errors="coerce"),
-                       _group=ids(runs, [k for k in keys if k not in best_over]))
+def _outer_groups(runs: pd.DataFrame, keys: list[str], best_over: tuple[str, ...]) -> np.ndarray:
+    """Configurations less the ``best_over`` keys. For a run with a config that is its config columns
+    only: the other keys (flops, train_size...) follow from the config and may change with a
+    ``best_over`` key (``data.image_size`` changes ``flops_per_image``). A run without one keeps
+    the other keys."""
+    config = [k for k in config_columns(runs) if k in keys]
+    has_config = runs[config].notna().any(axis=1).to_numpy() if config else np.zeros(len(runs), dtype=bool)
+    base = ids(runs, [k for k in keys if k not in config])
+    return ids(runs.assign(_base=np.where(has_config, -1, base)), [k for k in config if k not in best_over] + ["_base"])
+
+
+def _keep_best(runs: pd.DataFrame, keys: list[str], best_over: tuple[str, ...],
+               by: str) -> tuple[pd.DataFrame, bool]:
+    """The runs of the best configuration of each group, and whether no group had a choice to make."""
+    runs = runs.assign(_s=pd.to_numeric(runs[by], errors="coerce"), _group=_outer_groups(runs, keys, best_over))
     cand = runs.groupby("config_id", sort=True).agg(group=("_group", "first"), selection_mean=("_s", "mean"))
     cand["n_candidates"] = cand.groupby("group")["group"].transform("size")
     blind = cand[(cand["n_candidates"] > 1) & cand.groupby("group")["selection_mean"].transform(
@@ -223,19 +237,21 @@ def _keep_best(runs: pd.DataFrame, keys: list[str], best_over: tuple[str, ...], 
     if len(blind):
         row = runs[runs["config_id"] == blind.index[0]].iloc[0]
         where = ", ".join(f"{k}={row[k]}" for k in ("model", "fraction") if k in row.index)
-        raise UserError(f"--best-over {', '.join(best_over)}: {by} has no values for the {int(blind['n_candidates'].iloc[0])} "
-                        f"configurations of {where} to choose among; give --select with a column they have")
+        n = int(blind["n_candidates"].iloc[0])
+        raise UserError(f"--best-over {', '.join(best_over)}: {by} has no values for the {n} configurations of "
+                        f"{where} to choose among; give --select with a column they have")
     # highest mean selection metric first; ties (and missing values) go to the configuration seen first
     best = (cand.reset_index().sort_values(["group", "selection_mean", "config_id"], ascending=[True, False, True],
                                            na_position="last", kind="stable")
             .drop_duplicates("group").set_index("config_id"))
     runs = runs[runs["config_id"].isin(best.index)].copy()
+    idle = bool(cand["n_candidates"].max() <= 1)
     for key in best_over:
         runs[CHOSEN_PREFIX + key] = runs[key]
     runs["selected_by"] = by
     runs["selection_mean"] = runs["config_id"].map(best["selection_mean"])
     runs["n_candidates"] = runs["config_id"].map(best["n_candidates"]).astype(int)
-    return runs.drop(columns=["_s", "_group"])
+    return runs.drop(columns=["_s", "_group"]), idle
 
 
 def aggregate(df: pd.DataFrame, metric: str, *, best_over: Sequence[str] = (), select: str | None = None,

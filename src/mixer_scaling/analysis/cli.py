@@ -74,7 +74,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     common = dict(n_boot=args.boot, seed=args.seed)
     if args.source == PAPER and not Path(args.source).exists():
         if args.overlay_paper:
-            raise UserError("--overlay-paper draws your runs beside the paper's; give a results table or runs directory")
+            raise UserError("--overlay-paper draws your runs beside the paper's; "
+                            "give a results table or runs directory")
         if args.best_over or args.select:
             raise UserError(f"--{'best-over' if args.best_over else 'select'} chooses among your runs' configurations; "
                             "the paper's tables have one row per model (give a results table or runs directory)")

@@ -280,6 +280,9 @@ def _hints(variants: dict[str, list[str]], sel: Selection, where: str) -> list[s
         if keys:
             by_keys.setdefault(tuple(keys), []).append(model)
     lines = []
+    if sel.idle:
+        lines.append(f"hint: --best-over {', '.join(sel.best_over)} chose nothing: no two configurations differ only "
+                     f"in {'it' if len(sel.best_over) == 1 else 'them'}")
     for keys, models in by_keys.items():
         flags = " ".join(f"--best-over {k}" for k in keys)
         by = f" by {sel.selected_by}" if sel.selected_by else ""

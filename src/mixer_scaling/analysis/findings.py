@@ -166,7 +166,7 @@ def _crossings(d: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     rows = np.arange(len(d))
     d0, d1 = d[rows, i], d[rows, i + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        t = d0 / (d0 - d1)
+        t = np.where(count > 0, d0 / (d0 - d1), 0.0)
     lg = np.log(grid)
     x = np.exp(lg[i] + t * (lg[i + 1] - lg[i]))
     return np.where(count > 0, x, np.nan), np.sign(d0), count
@@ -307,7 +307,8 @@ class Findings:
         out += ["## The paper's findings", "", "| | claim | verdict | why |", "|---|---|---|---|"]
         out += [f"| {f['id']} | {f['claim']} | **{f['verdict']}** | {f['why']} |" for f in d["paper_findings"]]
         out += ["", "## Data scaling per model", "",
-                f"| model | sizes | smallest → largest | gain [{pct}] | exponent b [{pct}] |", "|---|---|---|---|---|"]
+                f"| model | sizes | smallest → largest | gain [{pct}] | exponent b [{pct}] |",
+                "|---|---|---|---|---|"]
         for m in d["data_scaling"]:
             gain = (f"{_pts(m['gain'], sign=True)} {_ci(m['gain_ci'])}" if m["gain"] is not None else "—")
             e = m["exponent"]

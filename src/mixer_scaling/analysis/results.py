@@ -711,6 +711,6 @@ def write_records(records: Iterable[Mapping[str, Any]], runs_dir: str | os.PathL
 __all__ = [
     "CHOSEN_PREFIX", "COLUMNS", "CONFIG_PREFIX", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect",
     "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "fewshot_column", "fewshot_columns",
-    "fewshot_datasets", "find_records", "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record", "row_from_wandb", "to_frame",
-    "synthetic_records", "write_records", "write_table",
+    "fewshot_datasets", "find_records", "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record",
+    "row_from_wandb", "synthetic_records", "to_frame", "write_records", "write_table",
 ]
