@@ -3,9 +3,13 @@
 * :mod:`.results`: the results table's schema, :func:`collect` (run directories),
   :func:`collect_wandb` (a W&B project), parquet/CSV files.
 * :mod:`.reference`: the paper's Tables 2 and 3 in the same schema.
+* :mod:`.aggregate`: one point per configuration (seeds averaged with a Student-t interval,
+  nothing else averaged), ``best_over`` keys chosen by a selection metric.
 * :mod:`.fits`: saturating power laws ``err = a·x^(−b) + c`` with bootstrap intervals.
 * :mod:`.figures`: Pareto frontiers (compute, throughput), data scaling, the paper's figures and
   overlays, each as PNG, PDF and CSV.
+* :mod:`.findings`: the study's answers with bootstrap intervals over seeds (``findings.md``,
+  ``findings.json``).
 * :mod:`.cli`: the ``collect`` and ``figures`` subcommands.
 
 Importing this package does not import matplotlib; :mod:`.figures` does (with the Agg backend).

@@ -6,6 +6,11 @@
                           [--metric val_top1|fewshot|fewshot_<dataset>_<k>] [--k 5] [--dataset NAME]
                           [--compute flops|device_hours|core_days] [--best-over KEY ...] [--select METRIC]
 
+``figures`` on results also writes ``findings.md`` and ``findings.json`` (:mod:`.findings`) and
+prints the findings after the summary. ``--best-over KEY`` (repeatable) keeps, per configuration,
+the value of config column KEY whose runs are best on ``--select`` (default ``select_top1``);
+without it, configurations that differ in KEY are drawn apart, never averaged (:mod:`.aggregate`).
+
 :func:`register` adds both to the project's argparse subparsers; each sets ``fn`` to a function of
 the parsed namespace that returns an exit code. Bad input raises :class:`UserError`, which the
 entry point (``mixer-scaling``) prints as ``error: <message>`` with exit status 2.
@@ -20,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from .results import Summary, collect, collect_wandb, read_table, write_table
+from .results import Summary, collect, collect_wandb, conform, read_table, write_table
 
 PAPER = "paper"
 
@@ -48,7 +53,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         tables.append(wdf)
         lines.append(f"W&B {args.wandb}{f' (group {args.group})' if args.group else ''}: "
                      f"{Summary.of_table(wdf).line}")
-    df = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True).drop_duplicates("run_id")
+    # conform again: the two sources may carry different config columns, of different kinds
+    df = tables[0] if len(tables) == 1 else conform(pd.concat(tables, ignore_index=True).drop_duplicates("run_id"))
     for path in write_table(df, args.output, args.csv):
         lines.append(f"wrote {path} ({len(df)} rows, {len(df.columns)} columns)")
     print("\n".join(lines))
