@@ -272,7 +272,7 @@ def _variant_label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k}={format_value(row[k])}" for k in keys)
 
 
-def _hints(variants: dict[str, list[str]], sel: Selection, where: str) -> list[str]:
+def _hints(variants: dict[str, list[str]], sel: Selection) -> list[str]:
     """One line per set of differing keys: which models have several configurations, and the flag
     that keeps one of them."""
     by_keys: dict[tuple[str, ...], list[str]] = {}
@@ -287,7 +287,7 @@ def _hints(variants: dict[str, list[str]], sel: Selection, where: str) -> list[s
         flags = " ".join(f"--best-over {k}" for k in keys)
         by = f" by {sel.selected_by}" if sel.selected_by else ""
         lines.append(f"hint: {', '.join(models)} {'has' if len(models) == 1 else 'have'} several configurations at one "
-                     f"{where}, differing in {', '.join(keys)}: drawn separately, not averaged; {flags} keeps the "
+                     f"data size, differing in {', '.join(keys)}: drawn separately, not averaged; {flags} keeps the "
                      f"best{by or ' by select_top1'}")
     return lines
 
@@ -295,7 +295,7 @@ def _hints(variants: dict[str, list[str]], sel: Selection, where: str) -> list[s
 def _pareto(df: pd.DataFrame, x: str, y: str, x_better: str, *, best_over=(), select: str | None = None,
             level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, Selection, list[str]]:
     """:func:`pareto_points`, with the runs behind the points (``config_id``, ``_y``), the
-    selection and the hints about models with several configurations at one data fraction."""
+    selection and the hints about models with several configurations at one data size."""
     d = df.assign(_x=_floats(df, x))
     d = d[np.isfinite(d["_x"]) & (d["_x"] > 0)]
     sel = choose(d, y, best_over=best_over, select=select, level=level)
@@ -322,7 +322,7 @@ def _pareto(df: pd.DataFrame, x: str, y: str, x_better: str, *, best_over=(), se
              "seeds", "on_frontier"]
     front = [c for c in front if c in agg.columns]
     pts = agg[front + [c for c in agg.columns if c not in front]]
-    return pts, sel.runs, sel, _hints(variants, sel, "data fraction")
+    return pts, sel.runs, sel, _hints(variants, sel)
 
 
 def pareto_points(df: pd.DataFrame, x: str, y: str, x_better: str, *, best_over=(), select: str | None = None,
@@ -455,7 +455,7 @@ def _data_scaling(df: pd.DataFrame, x: str, y: str, *, best_over=(), select: str
     agg = agg[front + [c for c in agg.columns if c not in front]]
     runs = sel.runs.assign(line=sel.runs["config_id"].map(agg.set_index("config_id")["line"]),
                            family=[family_of(f) for f in sel.runs["family"]], x=sel.runs["_x"], y=sel.runs["_y"])
-    return agg, runs, sel, _hints(variants, sel, "data size")
+    return agg, runs, sel, _hints(variants, sel)
 
 
 def data_scaling_points(df: pd.DataFrame, x: str, y: str, *, best_over=(), select: str | None = None,
