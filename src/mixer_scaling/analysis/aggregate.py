@@ -98,7 +98,12 @@ def selection_metric(df: pd.DataFrame, metric: str, select: str | None) -> str:
     """The column ``best_over`` choices are made on (see the module docstring); raises
     :class:`UserError` when there is none or it would use the reported metric's data."""
     fewshot = parse_fewshot_column(metric)
-    allowed = [c for c in (DEFAULT_SELECT, "val_top1", *fewshot_columns(df)) if has_values(df, c)]
+
+    def independent(column: str) -> bool:  # uses none of the reported metric's data
+        other = parse_fewshot_column(column)
+        return column != metric and not (other and fewshot and other[0] == fewshot[0])
+
+    allowed = [c for c in (DEFAULT_SELECT, "val_top1", *fewshot_columns(df)) if has_values(df, c) and independent(c)]
     if select is None:
         if has_values(df, DEFAULT_SELECT):
             select = DEFAULT_SELECT
@@ -108,7 +113,7 @@ def selection_metric(df: pd.DataFrame, metric: str, select: str | None) -> str:
             raise UserError(
                 f"--best-over needs a selection metric other than the reported {metric}, and the table has no "
                 f"{DEFAULT_SELECT} values (upstream top-1 on the selection half of validation); give "
-                f"--select with one of: {', '.join(c for c in allowed if c != metric) or 'none available'}"
+                f"--select with one of: {', '.join(allowed) or 'none available'}"
                 + ("" if fewshot else " (or report a few-shot --metric, which val_top1 may select for)"))
     if select == metric:
         raise UserError(f"--select {select} is the reported metric {metric}: choosing on the numbers that are "
@@ -120,7 +125,7 @@ def selection_metric(df: pd.DataFrame, metric: str, select: str | None) -> str:
                         f"{DEFAULT_SELECT} or val_top1")
     if select not in allowed:
         raise UserError(f"--select {select!r} is not an accuracy column with values in the table; allowed: "
-                        f"{', '.join(c for c in allowed if c != metric) or 'none'}")
+                        f"{', '.join(allowed) or 'none'}")
     return select
 
 
