@@ -178,6 +178,8 @@ def test_one_family_and_one_size_do_not_break_the_findings():
     assert data["gaps"] == [] and data["crossovers"] == [] and data["ordering"] == []
     assert [f["verdict"] for f in data["paper_findings"]] == [F.UNKNOWN] * 3
     assert data["paper_findings"][0]["why"].startswith("no BiT runs")
+    assert data["paper_findings"][2]["why"].endswith("no other family is in the figure: nothing to be on a "
+                                                     "frontier against")
 
 
 def test_findings_json_is_numbers_and_deterministic(tmp_path):

@@ -651,6 +651,9 @@ def _claim_frontier(front: dict[str, Any] | None, level: float) -> dict[str, Any
                         "x_min": v["x_min"], "x_max": v["x_max"], "axis": front["axis"], "bootstrap_share": share}
     where = (f"{v['on_frontier']} of {v['points']} Mixer points on it ({front['axis']} "
              f"{_span(v['x_min'], v['x_max'])})" if on else f"none of {v['points']} Mixer points on it")
+    if len(front["families"]) == 1:
+        entry["why"] = f"{where}, but no other family is in the figure: nothing to be on a frontier against"
+        return entry
     if share is None:
         entry["why"] = f"{where} for the means; {front['bootstrap_note']}"
         return entry
