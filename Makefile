@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test models bench clean
+.PHONY: install demo study test test-quick models bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the slow tests (real SLURM, fault injection, long runs).
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/faults -x
+
+# The CPU reference study (sweeps/cpu_study.yaml): its table, figures and findings land in results/cpu_study/.
+study: install
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling study cpu_study -o results/cpu_study --best-over train.lr
 
 models: install
 	$(BIN)/mixer-scaling models

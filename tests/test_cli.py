@@ -40,7 +40,7 @@ def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
     """`mixer-scaling demo` on a two-cell slice of the demo grid: local executor, records, table, figures."""
     import pandas as pd
 
-    args = ["-m", "mixer_scaling.cli", "demo", "model=mixer/micro", "data.fraction=0.3,1.0",
+    args = ["-m", "mixer_scaling.cli", "demo", "model=mixer/micro", "data.fraction=0.3,1.0", "seed=0",
             "train.examples_seen=256", "data.val_size=128", "fewshot.shots=[1,5]", "wandb.mode=disabled",
             f"runs_dir={tmp_path / 'runs'}"]
     proc = run_cli(args, cwd=tmp_path, env={"COLUMNS": "160"})
@@ -50,7 +50,9 @@ def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
     for stem in ("pareto_compute", "pareto_throughput", "data_scaling"):
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.csv").exists()
     assert "on the frontier" in proc.stdout and "data scaling" in proc.stdout
-    table = pd.read_parquet(tmp_path / "figures" / "demo_results.parquet")
+    assert (figures / "findings.md").exists() and (figures / "findings.json").exists()
+    table = pd.read_parquet(figures / "results.parquet")
+    assert (figures / "results.csv").exists()
     assert sorted(table.fraction) == [0.3, 1.0] and set(table.status) == {"done"}
 
     again = run_cli(args, cwd=tmp_path)

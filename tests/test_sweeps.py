@@ -34,20 +34,37 @@ def models(sweep):
 
 
 def test_every_sweep_file_is_tested_here():
-    assert set(known_sweeps()) == {"demo", "smoke", "data_scaling", "pareto", "permutation"}
+    assert set(known_sweeps()) == {"demo", "cpu_study", "smoke", "data_scaling", "pareto", "permutation"}
     assert sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")) == sorted(known_sweeps())
 
 
 def test_demo_grid():
+    """The demo is the data-scaling experiment in miniature: one size per family, 4 nested fractions,
+    2 seeds everywhere, one budget and one recipe for every family, early stopping on."""
     sweep = load("demo", progress=False)
-    assert len(sweep.cells) == 18
-    assert set(models(sweep)) == {f"{f}/{s}" for f in ("mixer", "vit", "bit") for s in ("micro", "tiny")}
-    assert set(models(sweep).values()) == {3}
-    assert Counter(float(c.cfg.data.fraction) for c in sweep.cells) == {0.1: 6, 0.3: 6, 1.0: 6}
+    assert len(sweep.cells) == 24
+    assert models(sweep) == {f"{f}/micro": 8 for f in ("mixer", "vit", "bit")}
+    assert Counter((float(c.cfg.data.fraction), c.cfg.seed) for c in sweep.cells) == {
+        (f, s): 3 for f in (0.03, 0.1, 0.3, 1.0) for s in (0, 1)}
     assert {c.cfg.data.name for c in sweep.cells} == {"synthetic"}
     assert {c.cfg.study for c in sweep.cells} == {"demo"}
-    assert len({c.cfg.train.examples_seen for c in sweep.cells}) == 1  # the paper's constant-steps budget
-    assert len({c.run_id for c in sweep.cells}) == 18
+    # one protocol: every train.* value is the same for every family (the paper's constant-steps budget too)
+    assert len({json.dumps(c.resolved["train"], sort_keys=True) for c in sweep.cells}) == 1
+    assert sweep.cells[0].cfg.train.eval_every_examples > 0  # early stopping (paper §3.3)
+    assert {tuple(c.cfg.fewshot.datasets) for c in sweep.cells} == {("synthetic_heldout",)}
+    assert len({c.run_id for c in sweep.cells}) == 24
+
+
+def test_cpu_study_is_the_demo_protocol_at_two_sizes_with_a_learning_rate_grid():
+    study, demo = load("cpu_study", progress=False), load("demo", progress=False)
+    assert len(study.cells) == 96
+    assert models(study) == {f"{f}/{s}": 16 for f in ("mixer", "vit", "bit") for s in ("micro", "tiny")}
+    assert Counter((float(c.cfg.data.fraction), c.cfg.train.lr, c.cfg.seed) for c in study.cells) == {
+        (f, lr, s): 6 for f in (0.03, 0.1, 0.3, 1.0) for lr in (1e-3, 3e-3) for s in (0, 1)}
+    assert {c.cfg.study for c in study.cells} == {"cpu_study"}
+    # the same recipe for every cell but the learning rate, and the demo's cells are among its cells
+    assert len({json.dumps({**c.resolved["train"], "lr": None}, sort_keys=True) for c in study.cells}) == 1
+    assert {c.run_id for c in demo.cells} <= {c.run_id for c in study.cells}
 
 
 def test_permutation_grid_is_fig4():

@@ -1,7 +1,8 @@
 """mixer-scaling: the project's command line.
 
     mixer-scaling models [--json] [--num-classes N]   the model registry with params and GFLOPs
-    mixer-scaling demo [overrides...]                 the demo sweep on this machine, then its figures
+    mixer-scaling demo [overrides...]                 the demo sweep on this machine, then its figures and findings
+    mixer-scaling study <sweep> [overrides] [-o dir]  any sweep on this machine, then its table, figures, findings
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
     mixer-scaling finetune parent=<run> [overrides]   fine-tune a run (python -m mixer_scaling.finetune)
     mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
@@ -52,8 +53,12 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The demo sweep on this machine (local executor), then its results table, figures and summary."""
+def cmd_study(args) -> int:
+    """A sweep run on this machine (local executor), then its results table, figures and findings.
+
+    ``mixer-scaling demo`` is ``mixer-scaling study demo``. The table (parquet and CSV), the figures and
+    ``findings.md``/``findings.json`` go to one folder (default ``figures/<sweep>`` beside ``runs_dir``).
+    """
     from rich.table import Table
 
     from . import launch
@@ -63,17 +68,19 @@ def cmd_demo(args) -> int:
 
     console = _console()
     t0 = time.perf_counter()
-    sweep = load(DEMO_SWEEP, args.overrides)
+    sweep = load(args.sweep, args.overrides)
     plan = launch.plan(sweep, "local")
     parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
-    console.print(f"[bold]demo[/]: {len(sweep.cells)} runs (sweeps/{DEMO_SWEEP}.yaml), {len(plan.todo)} to run, "
+    console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (sweeps/{args.sweep}.yaml), {len(plan.todo)} to run, "
                   f"{parallel} at a time; finished runs are reused")
 
     def on_done(cell, status, seconds, out):
         record = cell.record() or {}
-        top1 = (record.get("metrics") or {}).get("val_top1")
-        out.print(f"  {status:<6} {cell.label:<40} {seconds:4.0f} s"
-                  + (f"  val top-1 {top1:.3f}" if top1 is not None else f"  {(record.get('error') or {}).get('message', '')}"))
+        m = record.get("metrics") or {}
+        top1 = m.get("val_top1")
+        out.print(f"  {status:<6} {cell.label:<48} {seconds:4.0f} s"
+                  + (f"  val top-1 {top1:.3f}, best step {record.get('best_step')}/{record.get('steps')}"
+                     if top1 is not None else f"  {(record.get('error') or {}).get('message', '')}"))
 
     launch.run_here(plan, parallel=parallel, on_done=on_done)
     states = cell_states(sweep)
@@ -83,28 +90,34 @@ def cmd_demo(args) -> int:
         return 1
 
     runs_dir = Path(sweep.cells[0].cfg.runs_dir)
-    out_dir = Path(args.figures) if args.figures else runs_dir.parent / "figures" / DEMO_SWEEP
+    out_dir = Path(args.output) if args.output else runs_dir.parent / "figures" / args.sweep
     df, summary = collect([s.cell.run_dir for s in states if s.record])
-    results = write_table(df, out_dir.parent / f"{DEMO_SWEEP}_results.parquet")
-    rendered = render(df, out_dir, summary=summary, n_boot=100)
+    rendered = render(df, out_dir, summary=summary, n_boot=args.boot, best_over=args.best_over)
+    results = write_table(df, out_dir / "results.parquet", out_dir / "results.csv")
 
     few = [c for c in df.columns if c.startswith("fewshot_") and c.endswith("_5")]
-    metric = few[0] if few else "val_top1"
-    pivot = df[df.status == "done"].pivot_table(index="model", columns="fraction", values=metric, aggfunc="mean")
-    table = Table(title=f"{metric} by model and pre-training fraction (same examples seen)")
-    table.add_column("model")
-    for f in pivot.columns:
-        table.add_column(f"{f:g}", justify="right")
-    for model, row in pivot.iterrows():
-        table.add_row(model, *("-" if v != v else f"{v:.3f}" for v in row))
-    console.print(table)
-    console.print(f"results: {results[0]}")
+    for metric in ["val_top1", *few[:1]]:
+        pivot = df[df.status == "done"].pivot_table(index="model", columns="fraction", values=metric, aggfunc="mean")
+        table = Table(title=f"{metric} by model and pre-training fraction (mean over seeds; same examples seen)")
+        table.add_column("model")
+        for f in pivot.columns:
+            table.add_column(f"{f:g}", justify="right")
+        for model, row in pivot.iterrows():
+            table.add_row(model, *("-" if v != v else f"{100 * v:.1f}" for v in row))
+        console.print(table)
+    console.print(f"results: {', '.join(map(str, results))}")
     console.print(f"figures ({out_dir}):")
     for f in rendered.files:
         console.print(f"  {f}")
     for line in rendered.summary:
         console.print(line)
     return 0 if len(done) == len(states) else 1
+
+
+def cmd_demo(args) -> int:
+    args.sweep = DEMO_SWEEP
+    args.output = args.figures
+    return cmd_study(args)
 
 
 def cmd_train(args) -> int:
@@ -134,7 +147,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="Hydra overrides for every run (e.g. seed=0,1,2)")
     d.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per core)")
     d.add_argument("--figures", default=None, help="figure folder (default: figures/demo next to runs_dir)")
-    d.set_defaults(fn=cmd_demo)
+    d.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    d.set_defaults(fn=cmd_demo, best_over=[])
+    st = sub.add_parser("study", help="any sweep here (local executor), then its table, figures and findings")
+    st.add_argument("sweep", help="sweep name (sweeps/<name>.yaml), e.g. cpu_study")
+    st.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    st.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per core)")
+    st.add_argument("-o", "--output", default=None, help="folder for table, figures, findings "
+                                                          "(default: figures/<sweep> next to runs_dir)")
+    st.add_argument("--best-over", action="append", default=[], metavar="KEY",
+                    help="per configuration keep the value of KEY (e.g. train.lr) best on upstream selection")
+    st.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    st.set_defaults(fn=cmd_study)
     t = sub.add_parser("train", help="one run (Hydra overrides), as python -m mixer_scaling.train", add_help=False)
     t.add_argument("overrides", nargs=argparse.REMAINDER)
     t.set_defaults(fn=cmd_train)
