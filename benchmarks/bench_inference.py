@@ -3,9 +3,11 @@ batch size swept, the best batch size kept.
 
     .venv/bin/python benchmarks/bench_inference.py [--quick] [--device cpu|cuda]
 
-Mixer-B/16 vs ViT-B/16 vs BiT-R50x1 at 224 (our registry builders, 1000-class heads, random weights),
-``torch.inference_mode``, float32 on the CPU (bf16 autocast on a GPU). For each batch size the three
-models are timed interleaved (warm-up, then A/B/C rounds, median per model), so the ratios Mixer/ViT
+Mixer-B/16 vs ViT-B/16 vs BiT-R50x1 at 224 (our registry builders, 1000-class heads, random weights,
+built as a run builds them on the device: on the CPU with timm's fused attention off),
+``torch.inference_mode``, in the precision a run evaluates in on the device (``train.precision=auto``:
+bf16 autocast where the device has native bf16, else fp32; every row says which). For each batch
+size the three models are timed interleaved (warm-up, then A/B/C rounds, median per model), so the ratios Mixer/ViT
 and Mixer/BiT compare like with like on a machine whose load drifts. The paper (Table 3, TPU-v3,
 img/s/core): Mixer-B/16 1384, ViT-B/16 861, BiT-R50x1 2159, i.e. Mixer/ViT 1.61 and Mixer/BiT 0.64.
 """
@@ -17,7 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, device_cli, interleave, median, on_devices, row  # noqa: E402
+from common import (ROOT, autocast, built_as_runs, device_cli, interleave, median, on_devices, row,  # noqa: E402
+                    run_precision, where)
 
 BENCH = "3 inference throughput"
 MODELS = {"mixer": "mixer/b16", "vit": "vit/b16", "bit": "bit/r50x1"}
@@ -38,18 +41,21 @@ def paper_throughput() -> dict[str, float]:
 
 
 def build(name: str, image_size: int, device):
+    """The model as a run builds it on ``device`` (on the CPU: timm's fused attention off)."""
     from mixer_scaling.models import build_model
 
-    return build_model({"name": name}, num_classes=1000, image_size=image_size).to(device).eval()
+    with built_as_runs(device):
+        return build_model({"name": name}, num_classes=1000, image_size=image_size).to(device).eval()
 
 
-def forward_fn(model, x, bf16: bool):
+def forward_fn(model, x, device, prec: str):
+    """One forward pass in the resolved precision ``prec``, as a run's throughput evaluation does it."""
     import torch
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    context = autocast(device, prec)
 
     def fwd():
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), context:
             model(x)
 
     return fwd
@@ -59,12 +65,13 @@ def sweep(models: dict, image_size: int, batches, device, repeats: int, warmup: 
     """img/s per model per batch size: the models interleaved at each batch size."""
     import torch
 
-    cuda = device.type == "cuda"
+    prec = run_precision(device)
     per_batch: dict[str, dict[int, float]] = {k: {} for k in models}
     for bs in batches:
         x = torch.randn(bs, 3, image_size, image_size, device=device)
         try:
-            times = interleave({k: forward_fn(m, x, cuda) for k, m in models.items()}, repeats, warmup, device)
+            times = interleave({k: forward_fn(m, x, device, prec) for k, m in models.items()}, repeats, warmup,
+                               device)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
@@ -74,24 +81,21 @@ def sweep(models: dict, image_size: int, batches, device, repeats: int, warmup: 
 
 
 def measure(device, quick: bool) -> list[dict]:
-    import torch
-
     models = {k: build(n, 224, device) for k, n in MODELS.items()}
     batches = BATCHES[device.type][:2] if quick else BATCHES[device.type]
     per_batch = sweep(models, 224, batches, device, repeats=2 if quick else 5)
     best = {k: max(v.values()) for k, v in per_batch.items()}
     best_bs = {k: max(v, key=v.get) for k, v in per_batch.items()}
     paper = paper_throughput()
-    where = f"bf16 {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
-        f"fp32 CPU x{torch.get_num_threads()}"
+    on = where(device, run_precision(device))
     rows = []
     for k, name in MODELS.items():
         sweep_txt = ", ".join(f"b{bs}: {v:.1f}" for bs, v in per_batch[k].items())
-        rows.append(row(BENCH, f"{name}@224 img/s ({where})", best[k], "", "img/s",
+        rows.append(row(BENCH, f"{name}@224 img/s ({on})", best[k], "", "img/s",
                         f"best batch {best_bs[k]} of {sweep_txt}; paper {paper.get(k, float('nan')):.0f}/core"))
     for other in ("vit", "bit"):
         ref = paper["mixer"] / paper[other]
-        rows.append(row(BENCH, f"{MODELS['mixer']} / {MODELS[other]} ({where})", best["mixer"] / best[other],
+        rows.append(row(BENCH, f"{MODELS['mixer']} / {MODELS[other]} ({on})", best["mixer"] / best[other],
                         f"~{ref:.2f} (paper)", "x",
                         f"paper: {paper['mixer']:.0f} / {paper[other]:.0f} img/s/core on TPU-v3"))
     return rows

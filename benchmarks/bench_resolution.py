@@ -10,6 +10,9 @@ log(seconds per image) against log(tokens) between the smallest and the largest 
 up to 2 for quadratic (ViT's self-attention; at these sizes its linear layers still dominate, so its
 exponent sits in between and rises with resolution). Goal: Mixer's exponent <= 1.15 (linear);
 ViT's is reported beside its FLOP-count exponent, and the Mixer/ViT throughput ratio at every size.
+The models are built and run as in benchmark 3 (``bench_inference.py``): as a run builds them on the
+device (CPU: timm's fused attention off), in the run's precision (``train.precision=auto``: bf16
+where the device has native bf16, else fp32; the rows say which).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import build, forward_fn  # noqa: E402
-from common import device_cli, interleave, median, on_devices, row  # noqa: E402
+from common import device_cli, interleave, median, on_devices, row, run_precision, where  # noqa: E402
 
 BENCH = "4 cost vs resolution"
 MODELS = {"mixer": "mixer/b16", "vit": "vit/b16"}
@@ -33,13 +36,14 @@ def curve(device, sizes, repeats: int) -> dict[str, dict[int, float]]:
     import torch
 
     cuda = device.type == "cuda"
+    prec = run_precision(device)
     out: dict[str, dict[int, float]] = {k: {} for k in MODELS}
     for size in sizes:
         tokens = (size // 16) ** 2
         bs = max(1, round(TOKENS_PER_PASS * (8 if cuda else 1) / tokens))
         x = torch.randn(bs, 3, size, size, device=device)
         models = {k: build(n, size, device) for k, n in MODELS.items()}
-        times = interleave({k: forward_fn(m, x, cuda) for k, m in models.items()}, repeats, 1, device)
+        times = interleave({k: forward_fn(m, x, device, prec) for k, m in models.items()}, repeats, 1, device)
         for k, ts in times.items():
             out[k][size] = median(ts) / bs
         del models
@@ -53,30 +57,30 @@ def exponent(per_image: dict[int, float]) -> float:
 
 
 def measure(device, quick: bool) -> list[dict]:
-    import torch
-
     from mixer_scaling.models import forward_flops
 
     sizes = SIZES[:2] if quick else SIZES
     sec = curve(device, sizes, repeats=2 if quick else 3)
-    where = f"bf16 {torch.cuda.get_device_name(device)}" if device.type == "cuda" else \
-        f"fp32 CPU x{torch.get_num_threads()}"
+    prec = run_precision(device)
+    on = where(device, prec)
     flops = {k: {s: forward_flops(n, s) for s in sizes} for k, n in MODELS.items()}
     rows = []
     for k, name in MODELS.items():
         flop_exp = exponent(flops[k])
         pts = ", ".join(f"{s}px: {1 / sec[k][s]:.2f}" for s in sizes)
-        rows.append(row(BENCH, f"{name} time/img growth exponent vs tokens ({where})", exponent(sec[k]),
+        rows.append(row(BENCH, f"{name} time/img growth exponent vs tokens ({on})", exponent(sec[k]),
                         "<= 1.15" if k == "mixer" else "", "",
                         f"FLOPs exponent {flop_exp:.2f}; img/s {pts}"))
     for s in sizes:
         tokens = (s // 16) ** 2
-        r = row(BENCH, f"mixer/b16 / vit/b16 img/s at {s}px ({tokens} tokens)", sec["vit"][s] / sec["mixer"][s],
-                "", "x", f"{1 / sec['mixer'][s]:.2f} vs {1 / sec['vit'][s]:.2f} img/s; FLOPs ratio "
-                         f"{flops['vit'][s] / flops['mixer'][s]:.2f} ({flops['mixer'][s] / 1e9:.0f} vs "
-                         f"{flops['vit'][s] / 1e9:.0f} GFLOPs/img)")
-        r["extra"] = {"size": s, "tokens": tokens, "device": device.type, "mixer_s_per_img": sec["mixer"][s],
-                      "vit_s_per_img": sec["vit"][s], "mixer_flops": flops["mixer"][s], "vit_flops": flops["vit"][s]}
+        r = row(BENCH, f"mixer/b16 / vit/b16 img/s at {s}px ({tokens} tokens, {on})",
+                sec["vit"][s] / sec["mixer"][s], "", "x",
+                f"{1 / sec['mixer'][s]:.2f} vs {1 / sec['vit'][s]:.2f} img/s; FLOPs ratio "
+                f"{flops['vit'][s] / flops['mixer'][s]:.2f} ({flops['mixer'][s] / 1e9:.0f} vs "
+                f"{flops['vit'][s] / 1e9:.0f} GFLOPs/img)")
+        r["extra"] = {"size": s, "tokens": tokens, "device": device.type, "precision": prec,
+                      "mixer_s_per_img": sec["mixer"][s], "vit_s_per_img": sec["vit"][s],
+                      "mixer_flops": flops["mixer"][s], "vit_flops": flops["vit"][s]}
         rows.append(r)
     return rows
 

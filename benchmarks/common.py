@@ -1,5 +1,6 @@
 """What every benchmark shares: the row format, timing (warm-up, interleaved repeats, medians), the
-thread count, the machine's matmul peak and a description of the machine.
+thread count, the machine's matmul peak, the precision and model building of runs, and a description
+of the machine.
 
 A benchmark module exposes ``run(quick: bool = False) -> list[dict]``; each row is
 ``{benchmark, metric, value, goal, unit, met, note}`` (:func:`row`). ``goal`` is text such as
@@ -17,8 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -136,6 +138,85 @@ def matmul_fn(device=None, dtype=None, n: int = 2048) -> tuple[Callable[[], obje
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     return (lambda: torch.mm(a, b, out=out)), 2.0 * n ** 3
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs do: precision, model building
+# ---------------------------------------------------------------------------------------------
+
+
+def run_precision(device) -> str:
+    """``bf16`` or ``fp32``: what a run computes in on ``device`` with every recipe's default
+    ``train.precision=auto`` (:func:`mixer_scaling.precision.resolve`)."""
+    from mixer_scaling import precision
+
+    return precision.resolve("auto", device)
+
+
+def autocast(device, prec: str):
+    """The autocast context a run uses for the resolved precision ``prec`` on ``device``."""
+    from mixer_scaling import precision
+
+    return precision.autocast(device, prec)
+
+
+def where(device, prec: str) -> str:
+    """How a row says what it measured on: ``bf16 CPU x2``, ``fp32 CPU x2``, ``bf16 NVIDIA H100 ...``."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return f"{prec} {torch.cuda.get_device_name(device)}"
+    return f"{prec} CPU x{torch.get_num_threads()}"
+
+
+@contextmanager
+def built_as_runs(device) -> Iterator[None]:
+    """Build models inside this as ``train.run`` does on ``device``: on the CPU with timm's fused
+    attention switched off (timm reads the switch when it builds a model), elsewhere as timm defaults.
+    The switch is restored on exit, so a GPU model built afterwards in the same process gets timm's
+    default."""
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    from timm.layers import set_fused_attn, use_fused_attn
+
+    was, was_experimental = use_fused_attn(), use_fused_attn(experimental=True)
+    set_fused_attn(False)
+    try:
+        yield
+    finally:
+        set_fused_attn(was, experimental=was_experimental)
+
+
+def train_step_fn(model, t, x, y, device, prec: str) -> Callable[[], None]:
+    """One training step of ``model`` on the batch ``(x, y)`` as a run's loop (``engine.Loop.run``)
+    does it for the ``train`` config ``t``: the run's optimizer (``engine.build_optimizer``: timm's,
+    with the recipe's betas, learning rate and weight decay), cross-entropy with the recipe's label
+    smoothing, forward and loss under the autocast of ``prec``, backward, clipping at ``t.grad_clip``,
+    the optimizer step. Left out: the per-step learning-rate update and loss bookkeeping (the same in
+    any precision) and mixup (off in the CPU recipes). Call it once before timing (the optimizer
+    allocates its state in the first step)."""
+    import math
+
+    import torch
+
+    from mixer_scaling.engine import build_optimizer
+
+    opt = build_optimizer(model, t)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
+    context = autocast(device, prec)
+    clip = float(t.grad_clip or math.inf)
+    model.train()
+
+    def step() -> None:
+        with context:
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+
+    return step
 
 
 # ---------------------------------------------------------------------------------------------

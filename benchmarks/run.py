@@ -28,6 +28,7 @@ from common import FIELDS, RESULTS, machine_info, parse_goal, row  # noqa: E402
 # (key for --only, module, what it measures) in the order they run: the timing-sensitive ones first.
 BENCHMARKS = [
     ("train", "bench_train", "1-2 training step vs timm, MFU"),
+    ("precision", "bench_precision", "8 training step bf16 vs fp32 (CPU)"),
     ("inference", "bench_inference", "3 inference throughput Mixer/ViT/BiT"),
     ("resolution", "bench_resolution", "4 cost vs resolution"),
     ("dispatch", "bench_dispatch", "5 SLURM dispatch of 1000 cells"),
@@ -40,16 +41,26 @@ BENCHMARKS = [
 # profiles and A/B measurements described in benchmarks/README.md; rerun ab_mixer.py / the profiles to update.
 WHY_MISSED = {
     "1 train step: ours/timm": (
-        "both models spend most of the step (S/16 ~80%, tiny ~55%) in the same MKL matrix products; ours drops "
-        "what timm does around them (token-mixing transposes and their copies, a pass per residual add, "
+        "both models spend most of the step (fp32 profile: S/16 ~80%, tiny ~55%) in the same matrix products; "
+        "ours drops what timm does around them (token-mixing transposes and their copies, a pass per residual add, "
         "~4-6% of the step). The rest (LayerNorm, exact GELU and their backward, bias gradients, AdamW) is the "
         "same memory-bound work in both. Closing it needs that work fused into fewer passes: a fused "
         "bias+GELU / LayerNorm kernel (torch.compile did not speed up the CPU step here: 0.93x, 37 s to "
         "compile), or a GPU, where the elementwise share is larger and fusion pays."),
     "2 MFU (train FLOP/s / mm peak)": (
-        "tiny's matrices are small (C=128, D_S=64): ~45% of its step is outside the matrix products (LayerNorm, "
-        "GELU, bias and residual passes over 16 MB activations, AdamW), all memory-bound; S/16 reaches ~0.8. "
-        "Closing it for tiny needs fused elementwise kernels, or wider models / larger batches."),
+        "tiny's matrices are small (C=128, D_S=64): ~45% of its step (profiled in fp32) is outside the matrix "
+        "products (LayerNorm, GELU, bias and residual passes over 16 MB activations, AdamW), all memory-bound; "
+        "S/16 reaches ~0.8 in fp32. In bf16 on an AMX CPU the peak (a bf16 mm) is several times the fp32 one "
+        "while that memory-bound work, the casts to and from bf16 and the fp32 AdamW are not faster, so the "
+        "same step is a smaller fraction of it (the note gives it against the fp32 peak too). Closing it needs "
+        "fused elementwise kernels, or wider models / larger batches."),
+    "8 train step: bf16/fp32 (CPU)": (
+        "bf16 autocast speeds up the matrix products (AMX) but adds a cast of every weight and of the "
+        "activations around each product, and leaves the rest as it was: LayerNorm, GELU, softmax, "
+        "normalisation layers, the fp32 AdamW and gradient clipping. For models whose step is mostly that "
+        "(small widths, few tokens) the casts can cost more than the products save. Closing it: profile the "
+        "slower family's bf16 step (torch.profiler) for the cast and elementwise share; where bf16 stays "
+        "slower, that family's CPU runs should use train.precision=fp32 (or auto should choose per model)."),
     "5 dispatch (SLURM)": (
         "what is left is Python work proportional to the grid: composing and validating 1000 cells (~2 ms "
         "each, was ~150), reading 1000 records and metrics files for their states, plus ~2 s of interpreter "
@@ -210,7 +221,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
         ax.set_xticks(t, [f"{x}\n{e['size']}px" for x, e in zip(t, curve)], fontsize=8)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("tokens per image (patch 16)")
-        ax.set_ylabel("seconds per image (CPU)")
+        ax.set_ylabel(f"seconds per image (CPU, {curve[0].get('precision', 'fp32')})")
         ax.legend(fontsize=7)
         ax.set_title("cost as images grow")
     else:
