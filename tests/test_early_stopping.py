@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from mixer_scaling import records
+from mixer_scaling import checkpoint, records
 from mixer_scaling.checkpoint import load
 from mixer_scaling.config import compose
 from mixer_scaling.data import build_data
@@ -15,7 +15,7 @@ from mixer_scaling.data.build import split_validation
 from mixer_scaling.engine import Interrupted
 from mixer_scaling.evaluate.classify import ordered_loader, top1
 from mixer_scaling.models import build_model
-from mixer_scaling.records import MetricsLog, read_record, run_id_of
+from mixer_scaling.records import MetricsLog, run_id_of
 from mixer_scaling.train import run
 
 # 10 classes, 60 training images, 60 epochs at a high learning rate: the model memorises its training
@@ -26,6 +26,7 @@ OVERFIT = [
     "train.eval_every_examples=320", "train.log_every=10", "train.checkpoint_every=20",
     "fewshot.datasets=[digits]", "fewshot.shots=[5]", "eval.throughput_batch_sizes=[32]",
     "eval.throughput_repeats=1", "wandb.mode=disabled", "progress=false",
+    "train.precision=fp32",  # the same trajectory on every CPU
 ]
 
 
@@ -33,12 +34,7 @@ def _report_top1(cfg, weights):
     data = build_data(cfg.data)
     model = build_model(cfg.model, num_classes=data.num_classes, image_size=data.image_size)
     model.load_state_dict(weights)
-    return top1(model, ordered_loader(data.report, 128, data.collate_fn), torch.device("cpu"),
-                bf16=read_record_precision(cfg) == "bf16")
-
-
-def read_record_precision(cfg):
-    return read_record(records.Path(cfg.runs_dir) / run_id_of(cfg))["precision"]
+    return top1(model, ordered_loader(data.report, cfg.eval.batch_size, data.collate_fn), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +74,36 @@ def test_the_two_halves_of_val_are_disjoint_and_cover_it():
 
 @pytest.mark.parametrize("how", ["signal", "crash"])
 def test_early_stopping_survives_a_resume(overfit, tmp_path, monkeypatch, how):
-    """Stopped right after the evaluation of step 50: by a signal (checkpoint at 50), or by a crash (the
-    last checkpoint is step 40, the best weights may be newer): the resumed run ends like the clean one."""
+    """A stop signal at the evaluation of step 50 (the checkpoint comes first, the evaluation is done on
+    resume), or a crash right after a new best was written and before the checkpoint that follows it:
+    the resumed run ends like the clean one."""
     _, clean = overfit
     cfg = compose([*OVERFIT, f"runs_dir={tmp_path / 'runs'}"])
     append = MetricsLog.append
 
-    def stop_after_an_eval(self, row):
+    save_weights = checkpoint.save_weights
+
+    def signal_at_an_eval(self, row):
         append(self, row)
         if row.get("step") == 50 and "val/select_top1" in row:
-            if how == "crash":
-                raise RuntimeError("node failure")
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(MetricsLog, "append", stop_after_an_eval)
+    def crash_after_saving_the_best(path, **kw):  # the best weights are on disk, the checkpoint is not
+        save_weights(path, **kw)
+        if kw["step"] > 10:  # the second evaluation; its curve still rises
+            raise RuntimeError("node failure")
+
+    if how == "signal":
+        monkeypatch.setattr(MetricsLog, "append", signal_at_an_eval)
+    else:
+        monkeypatch.setattr(checkpoint, "save_weights", crash_after_saving_the_best)
     with pytest.raises(Interrupted if how == "signal" else RuntimeError):
         run(cfg)
-    monkeypatch.setattr(MetricsLog, "append", append)
+    run_dir = records.Path(cfg.runs_dir) / run_id_of(cfg)
+    if how == "crash":  # the weights on disk are newer than the last checkpoint, which names the ones kept aside
+        assert load(run_dir / records.BEST_CHECKPOINT_FILE)["step"] > \
+            torch.load(run_dir / records.CHECKPOINT_FILE, weights_only=False)["counters"]["best_step"]
+    monkeypatch.undo()
     resumed = run(cfg)
     assert resumed["attempts"] == 2
     for key in ("best_step", "early_stopped", "upstream_curve", "metrics"):

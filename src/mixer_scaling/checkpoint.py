@@ -128,16 +128,36 @@ def save(path: Path, *, model, optimizer, scheduler, step: int, counters: dict, 
 
 def save_weights(path: Path, *, model, step: int, score: float) -> None:
     """The model's weights alone (the best checkpoint of early stopping), verified and written atomically
-    like :func:`save`; a kill mid-write leaves the previous file in place."""
+    like :func:`save`, the one before kept as ``<name>.prev.pt``: a kill between this write and the next
+    full checkpoint leaves on disk the weights that checkpoint's counters name (see :func:`load_weights_of`)."""
     path = Path(path)
     model = getattr(model, "module", model)
     data = encode({"format": FORMAT_VERSION, "step": step, "score": score, "model": model.state_dict()})
+    prev = previous_path(path)
     try:
         tmp = write_temp(path, data)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CheckpointWriteError(f"could not write the best weights of step {step} to {path.parent}: {reason}") from exc
+    if path.exists():
+        os.replace(path, prev)
     os.replace(tmp, path)
+
+
+def load_weights_of(path: Path, step: int) -> tuple[dict | None, list[str]]:
+    """The weights file (``path`` or its ``.prev.pt``) saved at ``step``, verified; None if neither is.
+    Also returns what was wrong on the way, one line each."""
+    problems = []
+    for candidate in (Path(path), previous_path(path)):
+        try:
+            state = load(candidate)
+        except CorruptFile as exc:
+            problems.append(f"{exc}; moved to {set_aside(candidate).name}")
+            continue
+        if state is not None and state["step"] == step:
+            return state, problems
+    problems.append(f"no weights file of step {step} verifies ({Path(path).name} or its .prev.pt)")
+    return None, problems
 
 
 def remove_partial_writes(path: Path) -> list[str]:

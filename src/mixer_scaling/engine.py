@@ -171,21 +171,29 @@ class Loop:
 
     def eval_due(self, step: int) -> bool:
         """Whether upstream validation runs after ``step``: each time the examples seen cross a multiple of
-        ``train.eval_every_examples``, and at the last step (when the cadence is set)."""
+        ``train.eval_every_examples``, and at the last step (when the cadence is set). The same on every
+        rank (only rank 0 evaluates, but every rank checkpoints right after)."""
         every, bs = int(self.cfg.get("eval_every_examples", 0)), int(self.cfg.batch_size)
-        if not every or not self.on_eval:
+        if not every:
             return False
         return step == self.steps or (step * bs) // every > ((step - 1) * bs) // every
 
-    def _evaluate(self, step: int) -> None:
-        """Rank 0: validate, log, and keep the weights if they are the best so far (ties: the earlier step)."""
-        row = self.on_eval(step)
-        self.on_log({"step": step, "examples": step * self.cfg.batch_size, **row})
-        score = float(row[SELECT_KEY])
-        self.counters.setdefault("curve", []).append([step, step * self.cfg.batch_size, score])
-        if self.best_path is not None and score > self.counters.get("best_score", -math.inf):
-            checkpoint.save_weights(self.best_path, model=self.model, step=step, score=score)
-            self.counters["best_step"], self.counters["best_score"] = step, score
+    def _evaluate(self, step: int) -> float:
+        """Rank 0: validate, log, and keep the weights if they are the best so far (ties: the earlier step).
+        Returns the seconds it took (evaluation is not training compute)."""
+        t0 = time.perf_counter()
+        if self.rank == 0 and self.on_eval is not None:
+            row = self.on_eval(step)
+            self.on_log({"step": step, "examples": step * self.cfg.batch_size, **row})
+            score = float(row[SELECT_KEY])
+            self.counters.setdefault("curve", []).append([step, step * self.cfg.batch_size, score])
+            if self.best_path is not None and score > self.counters.get("best_score", -math.inf):
+                checkpoint.save_weights(self.best_path, model=self.model, step=step, score=score)
+                self.counters["best_step"], self.counters["best_score"] = step, score
+            self.model.train()
+        spent = time.perf_counter() - t0
+        self.counters["eval_seconds"] = self.counters.get("eval_seconds", 0.0) + spent
+        return spent
 
     def _seed(self, start: int) -> int:
         """Rank 0 keeps the single-process seed; the others get their own (augmentation, dropout, mixup)."""
@@ -216,8 +224,11 @@ class Loop:
             latest.problems += checkpoint.remove_partial_writes(self.best_path)
             if start == 0:  # a fresh start: best weights of an attempt that left no checkpoint are stale
                 Path(self.best_path).unlink(missing_ok=True)
+                checkpoint.previous_path(self.best_path).unlink(missing_ok=True)
         if self.on_resume and self.rank == 0:
             self.on_resume(start, latest.problems)
+        if self.counters.pop("eval_pending", None) == start:  # stopped before its evaluation: do it now
+            self._evaluate(start)
         if start >= self.steps:
             return self.counters
 
@@ -286,12 +297,17 @@ class Loop:
                         self.on_log(row)
                     window_loss.zero_()
                     window_n, window_t0 = 0, time.perf_counter()
-                if self.rank == 0 and self.eval_due(step):
-                    self._evaluate(step)
-                    net.train()
                 # All ranks agree, so none waits in a collective for a rank that has stopped.
                 signum = distributed.any_stop(stop["signum"])
-                if last or signum or (t.checkpoint_every and step % t.checkpoint_every == 0):
+                due = self.eval_due(step)
+                if due and signum:  # a stop checkpoints first (its grace time is short); the resumed run evaluates
+                    self.counters["eval_pending"] = step
+                elif due:
+                    spent = self._evaluate(step)
+                    seg_t0 += spent  # evaluation time is neither training time nor its throughput
+                    window_t0 += spent
+                # A checkpoint after every evaluation keeps the best weights and the curve in step with it.
+                if last or signum or due or (t.checkpoint_every and step % t.checkpoint_every == 0):
                     now = time.perf_counter()
                     self.counters["train_seconds"] += now - seg_t0
                     # device-seconds per segment, so a job requeued on more or fewer ranks adds up right

@@ -224,7 +224,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
         record.update(**_cost(counters, static["num_devices"]))
         best = _best_weights(cfg, built, run_dir, counters, record)
         metrics, throughput = evaluate(cfg, built)
-        metrics["select_top1"] = best["select_top1"]
+        metrics["select_top1"] = best.pop("select_top1")
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **best)
         record.save(DONE)
@@ -258,24 +258,17 @@ def _best_weights(cfg: DictConfig, built: Built, run_dir: Path, counters: dict, 
     final weights are the only candidates. Returns the record fields that say what was chosen."""
     steps = int(record["steps"])
     curve = [{"step": s, "examples": e, "select_top1": v} for s, e, v in counters.get("curve", [])]
-    path = run_dir / records.BEST_CHECKPOINT_FILE
-    state = None
-    if curve:
-        try:
-            state = checkpoint.load(path)
-        except CorruptFile as exc:
-            record.note(f"{exc}; moved to {records.set_aside(path).name}; the final weights are reported")
-    if state is None:
-        if curve:
-            record.note(f"{path.name} is missing; the final weights are reported")
-        return {"best_step": steps, "early_stopped": False, "upstream_curve": curve,
-                "select_top1": upstream_top1(cfg, built, "select")}
-    built.model.load_state_dict(state["model"])
-    if state["step"] != counters.get("best_step"):
-        record.note(f"{path.name} holds step {state['step']} (select top-1 {state['score']:.4f}), evaluated by an "
-                    f"attempt cut off before its next checkpoint; those weights are reported")
-    return {"best_step": int(state["step"]), "early_stopped": int(state["step"]) < steps,
-            "upstream_curve": curve, "select_top1": float(state["score"])}
+    if "best_step" in counters:
+        state, problems = checkpoint.load_weights_of(run_dir / records.BEST_CHECKPOINT_FILE, counters["best_step"])
+        for problem in problems:
+            record.note(problem)
+        if state is not None:
+            built.model.load_state_dict(state["model"])
+            return {"best_step": int(state["step"]), "early_stopped": int(state["step"]) < steps,
+                    "upstream_curve": curve, "select_top1": float(state["score"])}
+        record.note("the final weights are reported instead of the best ones")
+    return {"best_step": steps, "early_stopped": False, "upstream_curve": curve,
+            "select_top1": upstream_top1(cfg, built, "select")}
 
 
 def _resumed(record: Record, metrics_log: MetricsLog, start: int, problems: list[str]) -> None:
@@ -317,7 +310,8 @@ def _cost(counters: dict, num_devices: int) -> dict:
     seconds = float(counters.get("train_seconds", 0.0))
     device_seconds = float(counters.get("device_seconds", seconds * num_devices))  # older checkpoints lack it
     return {"train_seconds": seconds, "device_hours": device_seconds / 3600.0,
-            "train_img_per_s": counters.get("examples", 0) / seconds if seconds else None}
+            "train_img_per_s": counters.get("examples", 0) / seconds if seconds else None,
+            "eval_seconds": float(counters.get("eval_seconds", 0.0))}
 
 
 def _flat_summary(fields: dict) -> dict:

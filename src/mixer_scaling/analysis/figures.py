@@ -47,7 +47,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -409,8 +408,7 @@ def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, 
         lo, hi = fit.band(grid)
         if np.isfinite(lo).all():
             ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color="black", alpha=0.08, lw=0)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xscale("log")  # matplotlib labels minor ticks itself when the axis spans less than a decade
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -478,18 +476,19 @@ def draw_data_scaling(ax, agg: pd.DataFrame, xlabel: str, ylabel: str, fits: dic
             fit = fits.get(line)
             label = line if fit is None else f"{line} (b={fit.b:.2f})"
             ax.plot(m["x"], 100 * m["mean"], ls=style, marker=marker, color=color, label=label, lw=1.5, ms=5)
-            if (m["n_seeds"] > 1).any():  # the mean's interval; a size with one seed has none
-                ax.fill_between(m["x"], 100 * m["ci_low"], 100 * m["ci_high"], color=color, alpha=0.15, lw=0)
+            if (m["n_seeds"] > 1).any():  # the seed-to-seed spread (the mean's interval is in the CSV)
+                ax.fill_between(m["x"], 100 * m["min"], 100 * m["max"], color=color, alpha=0.2, lw=0)
             if fit is not None:
                 grid = np.geomspace(m["x"].min(), m["x"].max() * EXTRAPOLATE, 80)
                 ax.plot(grid, 100 * (1 - fit.predict(grid)), ls=":", color=color, lw=1)
                 lo, hi = fit.band(grid)
                 if np.isfinite(lo).all():
                     ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color=color, alpha=0.07, lw=0)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xscale("log")  # matplotlib labels minor ticks itself when the axis spans less than a decade
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, 0.0), min(hi, 100.0))  # accuracies: an extrapolated band never leaves [0, 100]
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
 
@@ -638,7 +637,7 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         _save(fig, tmp, "pareto_throughput", pt, files)
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
         draw_data_scaling(ax, agg, x_label, scaling_metric.label, fits)
-        ax.set_title(_titled("data scaling" + note, ssel), fontsize=10)
+        ax.set_title(_titled("data scaling" + note, ssel) + "; bands: range over seeds", fontsize=10)
         _save(fig, tmp, "data_scaling", agg, files)
         fit_rows = {f"data_scaling/{m}": f for m, f in fits.items()}
         kinds = {f"data_scaling/{m}": f"{scaling_metric.column} vs {x_col}" for m in fits}
