@@ -18,9 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -169,23 +168,13 @@ def where(device, prec: str) -> str:
     return f"{prec} CPU x{torch.get_num_threads()}"
 
 
-@contextmanager
-def built_as_runs(device) -> Iterator[None]:
-    """Build models inside this as ``train.run`` does on ``device``: on the CPU with timm's fused
-    attention switched off (timm reads the switch when it builds a model), elsewhere as timm defaults.
-    The switch is restored on exit, so a GPU model built afterwards in the same process gets timm's
-    default."""
-    if getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    from timm.layers import set_fused_attn, use_fused_attn
+def built_as_runs(device):
+    """Build models inside this as ``train.run`` does on ``device`` (:func:`mixer_scaling.precision.cpu_attention`)."""
+    import torch
 
-    was, was_experimental = use_fused_attn(), use_fused_attn(experimental=True)
-    set_fused_attn(False)
-    try:
-        yield
-    finally:
-        set_fused_attn(was, experimental=was_experimental)
+    from mixer_scaling.precision import cpu_attention
+
+    return cpu_attention(torch.device(device) if isinstance(device, str) else device)
 
 
 def train_step_fn(model, t, x, y, device, prec: str) -> Callable[[], None]:

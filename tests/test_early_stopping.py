@@ -115,3 +115,19 @@ def test_without_a_cadence_the_final_weights_are_reported(tiny):
     assert rec["best_step"] == rec["steps"] and rec["early_stopped"] is False and rec["upstream_curve"] == []
     assert not (records.Path(rec["run_dir"]) / records.BEST_CHECKPOINT_FILE).exists()
     assert 0 <= rec["metrics"]["select_top1"] <= 1
+
+
+@pytest.mark.parametrize("every, batch, steps, due", [
+    (320, 32, 25, [10, 20, 25]),        # every 10 steps, and the last
+    (100, 64, 6, [2, 4, 5, 6]),          # a cadence that is not a multiple of the batch: each crossing
+    (0, 32, 25, []),                     # no cadence: no evaluation during training
+])
+def test_evaluation_is_due_where_the_examples_seen_cross_the_cadence(every, batch, steps, due):
+    from omegaconf import OmegaConf
+
+    from mixer_scaling.engine import Loop
+
+    t = OmegaConf.create({"examples_seen": steps * batch, "batch_size": batch, "eval_every_examples": every})
+    loop = Loop(model=None, train_set=None, collate_fn=None, num_classes=2, cfg=t, seed=0,
+                device=torch.device("cpu"), ckpt_path=records.Path("unused"))
+    assert [s for s in range(1, steps + 1) if loop.eval_due(s)] == due

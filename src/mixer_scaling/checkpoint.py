@@ -170,6 +170,23 @@ def remove_partial_writes(path: Path) -> list[str]:
     return problems
 
 
+def reported_weights(run_dir: Path, record: dict) -> tuple[dict, int, str]:
+    """The weights a finished run's record reports (early stopping: the best step's, else the last
+    checkpoint's), as ``(state_dict, step, file name)``; :class:`CorruptFile` if that file does not verify."""
+    from .records import BEST_CHECKPOINT_FILE, CHECKPOINT_FILE
+
+    run_dir = Path(run_dir)
+    if record.get("early_stopped"):
+        state, problems = load_weights_of(run_dir / BEST_CHECKPOINT_FILE, int(record["best_step"]))
+        if state is None:
+            raise CorruptFile(run_dir / BEST_CHECKPOINT_FILE, "; ".join(problems))
+        return state["model"], int(state["step"]), BEST_CHECKPOINT_FILE
+    state = load(run_dir / CHECKPOINT_FILE)
+    if state is None:
+        raise CorruptFile(run_dir / CHECKPOINT_FILE, "missing")
+    return state["model"], int(state["step"]), CHECKPOINT_FILE
+
+
 def load(path: Path) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (verified), None if there is none; :class:`CorruptFile` if it is damaged."""
     path = Path(path)

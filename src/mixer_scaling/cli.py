@@ -68,7 +68,13 @@ def cmd_study(args) -> int:
 
     console = _console()
     t0 = time.perf_counter()
+    if args.boot < 0:
+        raise UserError(f"--boot={args.boot} is not allowed; expected an integer >= 0")
     sweep = load(args.sweep, args.overrides)
+    for key in args.best_over:  # checked before anything runs, not after the sweep
+        if key == "seed" or sweep.cells[0].value(key) is None:
+            raise UserError(f"--best-over {key}: not a config key of sweep {args.sweep} (seeds are averaged, "
+                            f"never chosen); e.g. --best-over train.lr")
     plan = launch.plan(sweep, "local")
     parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
     console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (sweeps/{args.sweep}.yaml), {len(plan.todo)} to run, "
@@ -97,14 +103,7 @@ def cmd_study(args) -> int:
 
     few = [c for c in df.columns if c.startswith("fewshot_") and c.endswith("_5")]
     for metric in ["val_top1", *few[:1]]:
-        pivot = df[df.status == "done"].pivot_table(index="model", columns="fraction", values=metric, aggfunc="mean")
-        table = Table(title=f"{metric} by model and pre-training fraction (mean over seeds; same examples seen)")
-        table.add_column("model")
-        for f in pivot.columns:
-            table.add_column(f"{f:g}", justify="right")
-        for model, row in pivot.iterrows():
-            table.add_row(model, *("-" if v != v else f"{100 * v:.1f}" for v in row))
-        console.print(table)
+        console.print(_fraction_table(df, metric, args.best_over))
     console.print(f"results: {', '.join(map(str, results))}")
     console.print(f"figures ({out_dir}):")
     for f in rendered.files:
@@ -112,6 +111,32 @@ def cmd_study(args) -> int:
     for line in rendered.summary:
         console.print(line)
     return 0 if len(done) == len(states) else 1
+
+
+def _fraction_table(df, metric: str, best_over):
+    """``metric`` by model (and any config key that still differs) and pre-training fraction: one cell
+    per configuration, mean over seeds with the seed range, as the figures aggregate."""
+    from rich.table import Table
+
+    from .analysis.aggregate import aggregate, differing_keys
+    from .analysis.results import config_columns, done_runs
+
+    agg = aggregate(done_runs(df), metric, best_over=best_over)
+    rest = differing_keys(agg, config_columns(agg), within=["model", "fraction"])
+    agg["row"] = agg["model"].astype(str)
+    for k in rest:
+        agg["row"] += f" {k}=" + agg[k].astype(str)
+    fractions = sorted(agg["fraction"].unique())
+    table = Table(title=f"{metric} (%) by model and pre-training fraction, same examples seen: "
+                        f"mean (min-max) over seeds{'; best ' + ', '.join(best_over) if best_over else ''}")
+    table.add_column("model")
+    for f in fractions:
+        table.add_column(f"{100 * f:g}%", justify="right")
+    for name, rows in agg.groupby("row", sort=True):
+        cells = {r.fraction: f"{100 * r.mean:.1f} ({100 * r.min:.1f}-{100 * r.max:.1f})" if r.n_seeds > 1
+                 else f"{100 * r.mean:.1f}" for r in rows.itertuples()}
+        table.add_row(name, *(cells.get(f, "-") for f in fractions))
+    return table
 
 
 def cmd_demo(args) -> int:

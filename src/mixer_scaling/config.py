@@ -187,6 +187,8 @@ def _check_group_choice(override: str) -> None:
             raise ConfigError(f"{key}={choice!r} is not a known {key} config; choose one of: {', '.join(options)}")
 
 
+#: Keys that were renamed, with what to write instead (an old command line gets one line saying so).
+RENAMED = {"train.eval_every": "train.eval_every_examples (a cadence in examples seen, not steps)"}
 _TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
 
 
@@ -211,6 +213,8 @@ def _explain(exc: Exception) -> str:
 
             known = sorted(k for k in OmegaConf.structured(SlurmQueueConf).keys() if not k.startswith("_"))
             return f"unknown launcher key '{key}'; keys of the submitit launchers: {', '.join(known)}"
+        if key.lstrip("+~") in RENAMED:
+            return f"config key '{key.lstrip('+~')}' was renamed: use {RENAMED[key.lstrip('+~')]}"
         allowed = f"; keys under {parent}: {', '.join(map(str, known))}" if known else ""
         return f"unknown config key '{key}'{allowed} (prefix with + to add a new key)"
     return one_line(exc)

@@ -56,9 +56,10 @@ def check_train_cfg(t: Mapping) -> None:
     need(0 <= t.get("mixup", 0) <= 10, "mixup", "expected a Beta alpha >= 0 (0 turns mixup off)")
     need(0 <= t.get("label_smoothing", 0) < 1, "label_smoothing", "expected a number in [0, 1)")
     need(t.get("precision") in precision.PRECISIONS, "precision", f"choose one of: {', '.join(precision.PRECISIONS)}")
-    for key in ("log_every", "checkpoint_every", "eval_every_examples"):
+    for key, zero in (("log_every", "only at the end"), ("checkpoint_every", "only at the end"),
+                      ("eval_every_examples", "no early stopping, the final weights are reported")):
         need(isinstance(t.get(key), int) and not isinstance(t.get(key), bool) and t.get(key) >= 0, key,
-             "expected an integer >= 0 (0: only at the end)")
+             f"expected an integer >= 0 (0: {zero})")
 
 
 # timm's factories are imported where they are used: the config checks above import this module, and
@@ -211,6 +212,10 @@ class Loop:
             checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
             start, self.counters = ckpt["step"], dict(ckpt["counters"])
             log.info("resuming from step %d of %d", start, self.steps)
+            before = ckpt["extra"].get("precision")
+            if before and before != self.precision:  # train.precision=auto on a device of another kind
+                latest.problems.append(f"resumed in {self.precision} on this device; steps 1-{start} were trained "
+                                       f"in {before}")
         if self.rank:  # its own random stream, not a copy of rank 0's (which restore has just set)
             saved = ckpt["extra"].get("rng_per_rank", []) if ckpt else []
             if len(saved) == self.world_size:
@@ -321,7 +326,7 @@ class Loop:
                     if self.rank == 0:
                         checkpoint.save(self.ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
                                         step=step, counters=self.counters,
-                                        extra={"rng_per_rank": rngs} if rngs else None)
+                                        extra={"precision": self.precision, **({"rng_per_rank": rngs} if rngs else {})})
                 if signum:
                     bar.close()
                     distributed.barrier()  # the other ranks leave only once rank 0's checkpoint is on disk

@@ -2,7 +2,8 @@
 
 A Hydra app on conf/finetune.yaml (paper App. C). The parent must be a finished (``done``) pre-training
 run: its ``config.yaml`` names the model, its ``result.json`` the pre-training resolution and classes,
-its ``checkpoint.pt`` holds the weights (loaded strictly into the parent's architecture). An interrupted
+the weights its record reports (``checkpoint.best.pt`` when it stopped early, else ``checkpoint.pt``) are
+loaded strictly into the parent's architecture. An interrupted
 parent is refused rather than fine-tuned from its last checkpoint: mid-schedule weights would make a
 fine-tune that looks like the parent's but is not. Then, at fine-tuning resolution ``image_size``:
 
@@ -94,7 +95,8 @@ def find_parent(ref: str, runs_dir: str) -> Parent:
     if record.get("parent_run_id"):
         raise UserError(f"parent={ref!r} is itself a fine-tune (of {record['parent_run_id']}); allowed: a "
                         f"pre-training run")
-    for name in (records.CONFIG_FILE, records.CHECKPOINT_FILE):
+    weights = records.BEST_CHECKPOINT_FILE if record.get("early_stopped") else records.CHECKPOINT_FILE
+    for name in (records.CONFIG_FILE, weights):
         if not (path / name).is_file():
             raise UserError(f"parent={ref!r}: {path} has no {name}; a fine-tune needs the parent's {name}")
     try:
@@ -168,14 +170,15 @@ def _fresh_head(model: torch.nn.Module, num_classes: int) -> None:
 
 
 def load_parent_model(plan: Plan) -> torch.nn.Module:
-    """The parent's model with its checkpoint's weights, at the parent's resolution and classes."""
+    """The parent's model with the weights its record reports (early stopping: its best step's), at the
+    parent's resolution and classes."""
     parent, mcfg = plan.parent, plan.cfg.model
     model = build_model(mcfg, num_classes=parent.num_classes, image_size=parent.image_size)
-    state = checkpoint.load(parent.run_dir / records.CHECKPOINT_FILE)["model"]
+    state, _, name = checkpoint.reported_weights(parent.run_dir, parent.record)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"parent {parent.run_id}: its {records.CHECKPOINT_FILE} does not fit model {mcfg.name} "
+        raise UserError(f"parent {parent.run_id}: its {name} does not fit model {mcfg.name} "
                         f"at {parent.image_size}px: {one_line(exc)}") from None
     return model
 

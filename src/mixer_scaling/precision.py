@@ -10,7 +10,7 @@ that would only emulate it (slower than fp32).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,8 +38,8 @@ def cpu_has_bf16() -> bool:
 
 
 def device_has_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # emulated bf16 (pre-Ampere GPUs) counts as no bf16
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         return cpu_has_bf16()
     return False
@@ -70,3 +70,22 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def cpu_attention(device: torch.device):
+    """Build models inside this as runs do on ``device``: on the CPU with timm's fused attention off
+    (torch's fused kernel is slower there than timm's explicit attention, much slower in bf16; both
+    compute the same function, and timm reads the switch when it builds a model). The switch is
+    restored on exit, so whatever is built afterwards in the process gets timm's default."""
+    if device.type != "cpu":
+        yield
+        return
+    from timm.layers import set_fused_attn, use_fused_attn
+
+    was, was_experimental = use_fused_attn(), use_fused_attn(experimental=True)
+    set_fused_attn(False)
+    try:
+        yield
+    finally:
+        set_fused_attn(was, experimental=was_experimental)

@@ -158,18 +158,12 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
 
     device = resolve_device(str(cfg.device))
     computes_in = precision.resolve(str(cfg.train.precision), device)
-    if device.type == "cpu":
-        # torch's fused attention kernel is slower on CPU than timm's explicit attention (much slower in
-        # bf16); timm reads this switch when it builds a model, and both compute the same function.
-        from timm.layers import set_fused_attn
-
-        set_fused_attn(False)
     with distributed.launched(device) as device:
         ranks = distributed.world_size()
         if cfg.train.batch_size % ranks:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not allowed; expected a multiple of "
                               f"the {ranks} data-parallel ranks")
-        with distributed.main_first():  # a data set with download=true is fetched once, not once per rank
+        with distributed.main_first(), precision.cpu_attention(device):  # downloads once, not once per rank
             built = build_fn(cfg, device)
         built.precision = computes_in
         if distributed.is_main():

@@ -154,6 +154,8 @@ CASES = [
     Case("config-eval-cadence", "config", "train", (*TRAIN, "train.eval_every_examples=-5"),
          ("train.eval_every_examples=-5", ">= 0")),
     Case("config-nuisance", "config", "train", (*TRAIN, "data.nuisance=2"), ("data.nuisance=2", "[0, 1]")),
+    Case("config-renamed-key", "config", "train", (*TRAIN, "train.eval_every=5000"),
+         ("train.eval_every", "renamed", "train.eval_every_examples")),
     Case("config-type", "config", "train", (*TRAIN, "train.batch_size=abc"),
          ("train.batch_size='abc'", "integer > 0")),
     Case("config-unknown-recipe", "config", "train", (*TRAIN, "train=jft300m"), ("train=", "jft300m", "cpu, finetune")),

@@ -399,6 +399,12 @@ def _limitations(cells: _Cells, families: list[str], n_boot: int, compute: pd.Da
     elif ones:
         out.append(f"{len(ones)} of {len(cells.obs)} model × size cells have 1 seed: comparisons using them have "
                    f"no interval")
+    few = [key for key, y in cells.obs.items() if 2 <= len(y) < 3]
+    if few:
+        # resampling 2 seeds gives 3 distinct means: the percentile interval understates seed noise
+        out.append(f"{len(few)} of {len(cells.obs)} model × size cells have 2 seeds: bootstrap intervals over 2 seeds "
+                   f"are narrower than the seed noise they stand for; read them as the seed range, and use 3 or "
+                   f"more seeds (e.g. seed=0,1,2) before relying on an interval that barely excludes 0")
     if n_boot <= 0:
         out.append("no bootstrap (n_boot=0): no confidence intervals")
     for fam in FAMILY_NAMES:

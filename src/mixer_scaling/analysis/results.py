@@ -38,7 +38,7 @@ cadence, W&B settings and the like are not there), flattened with dots (``train.
 ``train.weight_decay``, ``data.name``, ``data.fraction``, ``data.image_size``, ``model.name``,
 ``model.token_groups``, ``data.permutation``, ``fewshot.shots``...). Top-level keys are
 ``config.<key>`` (``config.device``), except ``seed``, which is the ``seed`` column. Options at their
-neutral value (``data.permutation`` null, ``model.token_groups`` 1) are not in the identity, so
+neutral value (``data.permutation`` null, ``model.token_groups`` 1, ``data.nuisance`` 1) are not in the identity, so
 their columns are empty for such runs. Lists are JSON text (``train.betas`` = ``[0.9, 0.999]``), so
 every value is hashable. Each column has one type: numbers are float64, booleans ``boolean``,
 anything else (or a mix) text, which parquet and CSV both keep. A record without a config (older

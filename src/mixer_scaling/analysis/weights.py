@@ -39,7 +39,7 @@ def token_mixing_weights(run_dir: Path) -> tuple[dict[int, np.ndarray], int]:
         raise UserError(f"run {run_dir.name} has no {CHECKPOINT_FILE} to read weights from")
     from .. import checkpoint
 
-    state = checkpoint.load(run_dir / CHECKPOINT_FILE)["model"]
+    state = checkpoint.reported_weights(run_dir, record)[0]  # early stopping: the best step's weights
     blocks = {}
     b = 0
     while FC1.format(b) in state:

@@ -171,14 +171,18 @@ def validate_data_cfg(cfg: Mapping) -> None:
         _int_key(cfg, "seed", 0)
     _bool_key(cfg, "flip", False)
     check_randaugment(cfg.get("randaugment"))
+    nuisance = cfg.get("nuisance", 1.0)
+    if name != "synthetic" and nuisance != 1.0:
+        raise ConfigError(f"data.nuisance={nuisance!r} is not allowed with data.name={name}; it is a knob of the "
+                          "embedded data (data=synthetic)")
     if name == "synthetic":
         _int_key(cfg, "num_classes", 2, MAX_SYNTHETIC_CLASSES)
-        nuisance = cfg.get("nuisance", 1.0)
         if isinstance(nuisance, bool) or not isinstance(nuisance, (int, float)) or not 0 <= nuisance <= 1:
             raise ConfigError(f"data.nuisance={nuisance!r} is not allowed; expected a number in [0, 1] "
                               "(1: the full per-sample variation, 0: class prototypes)")
         size = _int_key(cfg, "size", 1)
-        _int_key(cfg, "val_size", 1)
+        # two images at least: one half of the split chooses (early stopping), the other is reported
+        _int_key(cfg, "val_size", 2)
         _check_subset(size, fraction, "data.size")
         return
     scale = cfg.get("crop_scale", [0.08, 1.0])

@@ -12,7 +12,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 def ordered_loader(dataset: Dataset, batch_size: int, collate_fn=None, num_workers: int = 0) -> DataLoader:
     """Deterministic, in-order batches (evaluation never reshuffles or drops examples)."""
     sampler = BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers)
+    # its own generator: an evaluation in the middle of training never draws from the global RNG
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      generator=torch.Generator())
 
 
 @torch.inference_mode()
