@@ -312,6 +312,7 @@ def _flat_summary(fields: dict) -> dict:
     """The record's scalars, so a W&B project alone can rebuild the results table (analysis.collect_wandb)."""
     out = {k: v for k, v in fields.items() if isinstance(v, (int, float, str)) and k != "run_dir"}
     out["val_top1"] = fields["metrics"]["val_top1"]
+    out["select_top1"] = fields["metrics"].get("select_top1")  # what --best-over chooses on
     for name, per_k in fields["metrics"].get("fewshot", {}).items():
         for k, acc in per_k.items():
             out[f"fewshot/{name}/{k}shot"] = acc
