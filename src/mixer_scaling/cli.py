@@ -57,10 +57,9 @@ def cmd_study(args) -> int:
     """A sweep run on this machine (local executor), then its results table, figures and findings.
 
     ``mixer-scaling demo`` is ``mixer-scaling study demo``. The table (parquet and CSV), the figures and
-    ``findings.md``/``findings.json`` go to one folder (default ``figures/<sweep>`` beside ``runs_dir``).
+    ``findings.md``/``findings.json`` go to one folder (default ``figures/<sweep>`` beside ``runs_dir``),
+    with ``study.json``: the command, machine, versions and compute they were made with.
     """
-    from rich.table import Table
-
     from . import launch
     from .analysis.figures import render
     from .analysis.results import collect, write_table
@@ -100,6 +99,8 @@ def cmd_study(args) -> int:
     df, summary = collect([s.cell.run_dir for s in states if s.record])
     rendered = render(df, out_dir, summary=summary, n_boot=args.boot, best_over=args.best_over)
     results = write_table(df, out_dir / "results.parquet", out_dir / "results.csv")
+    _write_study_facts(out_dir / "study.json", args, df, trained_now=len(plan.todo),
+                       wall_seconds=time.perf_counter() - t0)
 
     few = [c for c in df.columns if c.startswith("fewshot_") and c.endswith("_5")]
     for metric in ["val_top1", *few[:1]]:
@@ -111,6 +112,36 @@ def cmd_study(args) -> int:
     for line in rendered.summary:
         console.print(line)
     return 0 if len(done) == len(states) else 1
+
+
+def _write_study_facts(path: Path, args, df, trained_now: int, wall_seconds: float) -> None:
+    """What a study's results were made with, beside them: the command, the machine, the versions, the
+    compute its runs took (summed over runs, so the same however many invocations made them) and this
+    invocation's wall time (meaningful when it trained every run: ``trained_now`` says how many)."""
+    import os
+    import platform
+
+    from . import records
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    recs = [r for r in (records.read_record(Path(d)) for d in df.loc[df.status == "done", "run_dir"]) if r]
+    facts = {
+        "sweep": args.sweep, "overrides": list(args.overrides), "best_over": list(args.best_over),
+        "command": "mixer-scaling study " + " ".join([args.sweep, *args.overrides]),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                    "devices": sorted({str(r.get("device")) for r in recs})},
+        "versions": recs[0].get("versions", {}) if recs else {},
+        "precision": sorted({str(r.get("precision")) for r in recs}),
+        "runs": int(len(df)), "done": len(recs),
+        "train_seconds_sum": round(sum(float(r.get("train_seconds") or 0) for r in recs), 1),
+        "eval_seconds_sum": round(sum(float(r.get("eval_seconds") or 0) for r in recs), 1),
+        "device_hours_sum": round(sum(float(r.get("device_hours") or 0) for r in recs), 4),
+        "this_invocation": {"runs_trained": trained_now, "wall_seconds": round(wall_seconds, 1)},
+    }
+    records.atomic_write_json(path, facts)
 
 
 def _fraction_table(df, metric: str, best_over):
