@@ -47,3 +47,20 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_cmd(argv: list[str]) -> int:
+    """The analysis subcommands as the project's CLI runs them: argparse subparsers, ``fn``, UserError → 2."""
+    import argparse
+
+    from mixer_scaling.analysis import cli
+    from mixer_scaling.errors import EXIT_USAGE, UserError
+
+    parser = argparse.ArgumentParser(prog="mixer-scaling")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        print(f"error: {exc}")
+        return EXIT_USAGE

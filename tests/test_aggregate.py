@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -12,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import run_cmd
 from mixer_scaling.analysis import aggregate as A
-from mixer_scaling.analysis import cli, figures
+from mixer_scaling.analysis import figures
 from mixer_scaling.analysis import results as R
 from mixer_scaling.errors import EXIT_USAGE, UserError
 
@@ -43,15 +43,6 @@ def table(records) -> pd.DataFrame:
     return R.to_frame([R.row_from_record(r) for r in records])
 
 
-def run_cmd(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mixer-scaling")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except UserError as exc:
-        print(f"error: {exc}")
-        return EXIT_USAGE
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixer_scaling.analysis import cli, figures, fits, reference
+from conftest import run_cmd
+from mixer_scaling.analysis import figures, fits, reference
 from mixer_scaling.analysis import results as R
 from mixer_scaling.errors import EXIT_USAGE, UserError
 
@@ -57,16 +57,6 @@ def synthetic_table(synthetic_runs) -> tuple[pd.DataFrame, R.Summary]:
     return R.collect(synthetic_runs)
 
 
-def run_cmd(argv: list[str]) -> int:
-    """The subcommands as the project's CLI runs them: argparse subparsers, ``fn``, UserError → 2."""
-    parser = argparse.ArgumentParser(prog="mixer-scaling")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except UserError as exc:
-        print(f"error: {exc}")
-        return EXIT_USAGE
 
 
 def all_files(folder: Path) -> list[Path]:
