@@ -27,7 +27,7 @@ test-quick: install
 
 # The CPU reference study (sweeps/cpu_study.yaml): its table, figures and findings land in results/cpu_study/.
 study: install
-	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling study cpu_study -o results/cpu_study
+	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling study cpu_study -o results/cpu_study --best-over train.lr
 
 models: install
 	$(BIN)/mixer-scaling models

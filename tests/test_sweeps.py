@@ -55,16 +55,16 @@ def test_demo_grid():
     assert len({c.run_id for c in sweep.cells}) == 24
 
 
-def test_cpu_study_is_the_demo_protocol_at_two_sizes_and_three_seeds():
+def test_cpu_study_is_the_demo_protocol_at_two_sizes_with_a_learning_rate_grid():
     study, demo = load("cpu_study", progress=False), load("demo", progress=False)
-    assert len(study.cells) == 72
-    assert models(study) == {f"{f}/{s}": 12 for f in ("mixer", "vit", "bit") for s in ("micro", "tiny")}
-    assert Counter((float(c.cfg.data.fraction), c.cfg.seed) for c in study.cells) == {
-        (f, s): 6 for f in (0.03, 0.1, 0.3, 1.0) for s in (0, 1, 2)}
+    assert len(study.cells) == 96
+    assert models(study) == {f"{f}/{s}": 16 for f in ("mixer", "vit", "bit") for s in ("micro", "tiny")}
+    assert Counter((float(c.cfg.data.fraction), c.cfg.train.lr, c.cfg.seed) for c in study.cells) == {
+        (f, lr, s): 6 for f in (0.03, 0.1, 0.3, 1.0) for lr in (1e-3, 3e-3) for s in (0, 1)}
     assert {c.cfg.study for c in study.cells} == {"cpu_study"}
-    # one recipe for every cell, the demo's, and the demo's cells are among the study's
-    assert {json.dumps(c.resolved["train"], sort_keys=True) for c in study.cells} == \
-        {json.dumps(c.resolved["train"], sort_keys=True) for c in demo.cells}
+    # the demo's recipe for every cell but the learning rate, and the demo's cells are among the study's
+    assert {json.dumps({**c.resolved["train"], "lr": None}, sort_keys=True) for c in study.cells} == \
+        {json.dumps({**c.resolved["train"], "lr": None}, sort_keys=True) for c in demo.cells}
     assert {c.run_id for c in demo.cells} <= {c.run_id for c in study.cells}
 
 
