@@ -161,7 +161,16 @@ def load_weights_of(path: Path, step: int) -> tuple[dict | None, list[str]]:
 
 
 def remove_partial_writes(path: Path) -> list[str]:
-    """Remove temp files of writes to ``path`` cut off by a kill; one line each for the record."""
+    """Remove temp files of writes to ``path`` cut off by a kill; one line each for the record.
+
+    Only a dead writer's: a run calls this holding its directory's lock (:mod:`.locks`), and if another
+    live process holds it, its temp files are writes in flight and are left alone."""
+    from .locks import describe, run_holder
+
+    other = run_holder(Path(path).parent)
+    if other is not None:
+        log.warning("not removing temp files in %s: %s holds the run directory", Path(path).parent, describe(other))
+        return []
     problems = []
     for tmp in sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp")):
         problems.append(f"removed {tmp.name} ({tmp.stat().st_size} bytes), a checkpoint write "
@@ -206,9 +215,10 @@ class Latest:
 def load_latest(path: Path, *, tidy: bool = True) -> Latest:
     """Resume point: ``checkpoint.pt`` if it verifies, else ``checkpoint.prev.pt``, else none (from scratch).
 
-    With ``tidy`` (rank 0 only, so ranks never race on renames) a file that fails to verify is moved
-    aside to ``<name>.corrupt`` (kept for inspection, never loaded again) and temp files of writes cut
-    off by a kill are removed. Every such finding is in ``problems``, one line each, for the record.
+    With ``tidy`` (rank 0 only, holding the run directory's lock, so no other process writes there) a
+    file that fails to verify is moved aside to ``<name>.corrupt`` (kept for inspection, never loaded
+    again) and temp files of writes cut off by a kill are removed. Every such finding is in ``problems``,
+    one line each, for the record.
     """
     path = Path(path)
     found = Latest()

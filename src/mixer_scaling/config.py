@@ -323,6 +323,9 @@ def validate(cfg: DictConfig, tree: dict | None = None, memo: set | None = None)
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
+    if not isinstance(cfg.get("wait_for_lock", False), bool):
+        raise ConfigError(f"wait_for_lock={cfg.get('wait_for_lock')!r} is not allowed; expected true or false "
+                          "(what a run does when another process is training it: false stops, true waits)")
     if memo is None or tree is None:
         return _validate_groups(cfg)
     key = json.dumps([tree.get(k) for k in ("model", "data", "train", "wandb", "device")], sort_keys=True, default=str)

@@ -4,8 +4,12 @@
   one array per resources preset, chunked under the cluster's ``MaxArraySize``, ``array_parallelism``
   passed to sbatch — and the command returns with the job ids. Nothing has to stay alive on the
   login node: a job's record is its run directory.
-* ``local``: the same jobs as processes on this machine, a few at a time; waits for them.
+* ``local``: the same jobs as processes on this machine, a few at a time; waits for them. A cell whose
+  run directory another live process holds (:mod:`.locks`) is reported as running elsewhere, not run.
 * ``debug``: in this process, one after the other (breakpoints work); waits.
+
+Two launches of one sweep never submit a cell twice: each decides and submits holding
+``<runs_dir>/.sweeps/<sweep>.lock`` (:func:`launch_lock`), so the second one sees the first's submissions.
 
 Resources come from the presets in ``conf/resources/`` (the same files Hydra's launcher reads): each
 cell gets the smallest preset whose model fits (:data:`PRESET_GFLOPS`) unless ``resources=<preset>``
@@ -25,20 +29,25 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import submitit
 from omegaconf import OmegaConf, open_dict
 
+from . import locks
 from .config import check_launcher_values, compose
 from .errors import ConfigError, UserError, one_line
+from .locks import RunLocked
 from .records import FAILED, record_failure, run_id_of
-from .sweep import DONE, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
+from .sweep import DONE, MANIFEST_DIR, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
 
 EXECUTORS = ("slurm", "local", "debug")
+# What a local cell reports when another live process holds its run directory (see mixer_scaling.locks).
+ELSEWHERE = "running elsewhere"
 # Smallest preset whose bound (forward GFLOPs per image at the run's resolution) covers the model.
 PRESET_GFLOPS = (("cpu", 0.5), ("gpu1", 10.0), ("gpu4", 40.0), ("gpu8", 150.0), ("gpu16", math.inf))
 # hydra-submitit-launcher's keys shared by every executor (the rest are slurm_<key>).
@@ -68,6 +77,9 @@ class CellJob(submitit.helpers.Checkpointable):
             cfg.progress = False  # a progress bar in a log file is noise; the metrics lines remain
         try:
             record = run(cfg)
+        except RunLocked as exc:  # another live process trains this cell: not a failure, and not our record
+            logging.getLogger(__name__).warning("%s", exc)
+            return {"run_id": run_id_of(cfg), "status": ELSEWHERE, "holder": str(exc)}
         except Interrupted:  # checkpointed and recorded as interrupted: it resumes, it did not fail
             raise
         except Exception as exc:
@@ -298,6 +310,47 @@ class Plan:
         return Path(runs_dir) / ".sweeps" / "logs" / self.sweep.name / "%j"
 
 
+@contextmanager
+def launch_lock(sweep: Sweep, on_wait: Callable[[str], None] | None = None):
+    """Hold ``<runs_dir>/.sweeps/<sweep>.lock`` (every runs_dir of the sweep, in order) for the block: plan
+    and submit inside it, and a second launch of the same sweep waits here, then sees this one's
+    submissions in the manifest (a queued cell is not submitted again). The wait is short: a launch holds
+    it while it reads the cells' states and submits, never while cells run. A launch that stops on an
+    error inside the block leaves no lock file or folder it created (bad input changes nothing)."""
+    held: list[locks.Lock] = []
+    created: list[Path] = []  # folders and lock files this launch made
+    try:
+        for runs_dir in sweep.runs_dirs:
+            folder = Path(runs_dir) / MANIFEST_DIR
+            path = folder / f"{sweep.name}.lock"
+            created += [p for p in (Path(runs_dir), folder, path) if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            message = None if on_wait is None else (lambda info: on_wait(
+                f"waiting for another launch of sweep {sweep.name} ({locks.describe(info)}) to finish submitting"))
+            held.append(locks.acquire(path, wait=True, on_wait=message))
+    except BaseException:
+        _unlock(held, created, failed=True)
+        raise
+    try:
+        yield
+    except BaseException:
+        _unlock(held, created, failed=True)
+        raise
+    _unlock(held, created, failed=False)
+
+
+def _unlock(held: list, created: list[Path], failed: bool) -> None:
+    for lock in reversed(held):
+        lock.release(remove=failed and lock.path in created)  # removed while held: see locks.acquire
+    if failed:
+        for folder in reversed([p for p in created if p not in {lock.path for lock in held}]):
+            try:
+                folder.rmdir()  # only if empty: another process may have written there meanwhile
+            except OSError:
+                pass
+    held.clear()
+
+
 def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_cluster: bool = True) -> Plan:
     """Decide what to submit; checks launcher keys, presets and (for slurm, unless ``check_cluster`` is
     False) the partition, the array limit and each array's sbatch request."""
@@ -398,16 +451,22 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
                 cell = queue.pop(0)
                 config = cell.config
                 bar.update(task, now=cell.label)
+                if locks.run_holder(cell.run_dir) is not None:  # started by another launch meanwhile: not twice
+                    bar.advance(task)
+                    if on_done:
+                        on_done(cell, ELSEWHERE, 0.0, bar.console)
+                    continue
                 if p.executor == "debug":  # right here, so breakpoints and tracebacks are the user's own
                     t0 = time.perf_counter()
                     p.sweep.remember([cell], ["debug"], p.executor, Path("-"))
+                    result = None
                     try:
-                        CellJob()(config)
+                        result = CellJob()(config)
                     except Interrupted:  # Ctrl-C: checkpointed and recorded; stop the launch, not just the cell
                         raise
                     except Exception:
                         pass  # recorded in the cell's result.json; the other cells go on
-                    running.append((cell, _Finished(), t0))
+                    running.append((cell, _Finished(result), t0))
                     continue
                 preset = p.presets[cell.run_id]
                 if preset not in executors:
@@ -421,6 +480,8 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
             for cell, job, t0 in finished:
                 running.remove((cell, job, t0))
                 status = (cell.record() or {}).get("status", FAILED)
+                if status != DONE and _status_of(job) == ELSEWHERE:  # the record is the other process's
+                    status = ELSEWHERE
                 bar.advance(task)
                 if on_done:
                     on_done(cell, status, time.perf_counter() - t0, bar.console)
@@ -432,8 +493,22 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
 class _Finished:
     """A cell the debug executor has already run."""
 
+    def __init__(self, result: dict | None = None):
+        self._result = result
+
     def done(self) -> bool:
         return True
+
+    def result(self) -> dict | None:
+        return self._result
+
+
+def _status_of(job) -> str | None:
+    """The status a finished job's :class:`CellJob` returned (None if it raised or left no result)."""
+    try:
+        return (job.result() or {}).get("status")
+    except Exception:
+        return None
 
 
 def wait(sweep: Sweep, poll_s: float = 5.0, timeout_s: float | None = None) -> list[CellState]:

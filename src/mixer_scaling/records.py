@@ -7,6 +7,7 @@ One place owns the run-directory layout and the record schema (documented in the
         result.json     the record: status, what was trained, cost, metrics (atomic writes)
         metrics.jsonl   one JSON line per logging step
         checkpoint.pt   the last complete checkpoint (see :mod:`mixer_scaling.checkpoint`)
+        .lock           held by the run's one writer while it runs (see :mod:`mixer_scaling.locks`)
         wandb/          the W&B client's files (offline runs can be synced later)
 
 ``run_id`` is a short hash of the resolved config without the keys that do not change results
@@ -58,6 +59,7 @@ IDENTITY_IGNORE = (
     "train.checkpoint_every",
     "hydra",
     "recipe",  # a sweep's per-model lookup table; what it sets is in train.* already
+    "wait_for_lock",  # what a second writer of a run does (see mixer_scaling.locks), not what the run computes
 )
 
 
@@ -273,10 +275,15 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
     """A dispatched run that failed before it wrote a record (e.g. unreadable data) still leaves one, so a
     sweep never shows it as pending or lost. Only a missing or ``running`` record is replaced: a done
     run stays done (e.g. a peer dying after the record was written), an interrupted one resumable, a
-    failed one keeps its own account."""
+    failed one keeps its own account; and never while another live process holds the run directory's
+    lock (:mod:`.locks`): that process is the run's writer, and its record says ``running`` truly."""
     import traceback
 
+    from . import locks
+
     run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
+    if run_dir.is_dir() and locks.run_holder(run_dir) is not None:
+        return  # another live process is this run's writer: its `running` record is true
     previous, _ = read_record_or_set_aside(run_dir) if run_dir.is_dir() else (None, None)
     if previous and previous.get("status") != RUNNING:
         return

@@ -7,7 +7,9 @@ so the state of a cell is simply what its run directory says, whoever ran it (``
 Hydra's multirun or a plain ``train``).
 
 Launches are remembered in ``<runs_dir>/.sweeps/<name>.jsonl`` (one line per submitted cell: run id,
-job id, executor), which is how ``sweep status`` and a relaunch tell a queued cell from a lost one.
+job id, executor), which is how ``sweep status`` and a relaunch tell a queued cell from a lost one. A cell
+whose run directory's lock a live process holds (:mod:`.locks`) is running, whoever started it: a
+relaunch never starts it again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import compose_many, grid, group_options, validate
 from .errors import ConfigError
+from .locks import describe, run_holder
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, read_record, run_id_of
 
 SWEEP_GROUP = "sweep"
@@ -247,6 +250,8 @@ def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bo
             state, detail = PENDING, queued.lower()
         elif queued:
             state, detail = RUNNING, queued.lower()
+        elif (holder := run_holder(cell.run_dir)) is not None:  # a live process is its writer, whoever started it
+            state, detail = RUNNING, f"held by {describe(holder)}"
         elif status == FAILED:
             err = record.get("error") or {}
             state, detail = FAILED, f"{err.get('type', 'Error')}: {err.get('message', '')}".strip()

@@ -11,6 +11,7 @@ Status and relaunch take the same overrides as the launch: together they name th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 from collections import Counter
@@ -22,7 +23,7 @@ from . import launch
 from .sweep import CellState, Sweep, cell_states, known_sweeps, load, status_rows
 
 STATE_STYLE = {"done": "green", "failed": "red", "lost": "red", "stale": "yellow", "interrupted": "yellow",
-               "running": "cyan", "pending": "blue", "new": "dim"}
+               "running": "cyan", "running elsewhere": "cyan", "pending": "blue", "new": "dim"}
 
 
 def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = None, title: str = "") -> Table:
@@ -62,39 +63,46 @@ def cmd_launch(args) -> int:
     sweep = load(args.sweep, args.overrides)
     # A dry run on a machine without SLURM still shows the grid, the cost and the sbatch script.
     check_cluster = not (args.dry_run and shutil.which("sbatch") is None)
-    p = launch.plan(sweep, args.executor, max_array_size=args.max_array_size, check_cluster=check_cluster)
-    if not check_cluster and args.executor == "slurm":
-        console.print("no SLURM on this machine: partition, MaxArraySize and sbatch's checks skipped")
-    skipped = ", ".join(f"{n} {state}" for state, n in p.skipped.items())
-    console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.cells)} cells; {len(p.todo)} to run"
-                  + (f" (skipping {skipped})" if skipped else ""))
-    for cost in launch.estimate_cost(p.todo, p.presets, mfu=args.mfu, gpu_tflops=args.gpu_tflops):
-        console.print(f"cost of the {len(p.todo)} cells to run: {cost.flops:.3g} training FLOPs "
-                      f"≈ {cost.device_hours:,.3g} {cost.unit}-hours at {cost.basis}")
-    if args.dry_run or len(sweep.cells) <= 24:
-        console.print(_grid_table(sweep, p.states, p.presets))
-    if args.dry_run:
-        for preset, cells in p.groups():
-            if args.executor == "slurm" and check_cluster:  # submitit writes the script only where srun exists
-                ex = launch.make_executor("slurm", p.params[preset], p.log_folder(cells[0].cfg.runs_dir), sweep.name)
-                console.print(f"[bold]sbatch script[/] for the {preset} array of {len(cells)} cells:")
-                print(launch.sbatch_script(ex, len(cells)), flush=True)
-            else:
-                console.print(f"[bold]{preset}[/] array of {len(cells)} cells, launcher parameters:")
-                print(json.dumps(p.params[preset], indent=1, sort_keys=True), flush=True)
-        console.print("dry run: nothing submitted")
-        return 0
-    if not p.todo:
-        console.print("nothing to submit")
-        return 0
-    if args.executor == "slurm":
-        submitted = launch.submit(p)
-        arrays = Counter(str(job).split("_")[0] for _, job in submitted)
-        console.print(f"submitted {len(submitted)} cells as {len(arrays)} job array(s): "
-                      + ", ".join(f"{j} ({n} cells)" for j, n in arrays.items()))
-        console.print(f"follow with: mixer-scaling sweep status {sweep.name} {' '.join(args.overrides)}".rstrip())
-        if not args.wait:
+    # Two launches of one sweep never submit a cell twice: a second one waits here while the first decides
+    # and submits, then sees its submissions (launch.launch_lock). Cells run after it, outside the lock.
+    held = contextlib.ExitStack()
+    if not args.dry_run:
+        held.enter_context(launch.launch_lock(sweep, on_wait=console.print))
+    with held:
+        p = launch.plan(sweep, args.executor, max_array_size=args.max_array_size, check_cluster=check_cluster)
+        if not check_cluster and args.executor == "slurm":
+            console.print("no SLURM on this machine: partition, MaxArraySize and sbatch's checks skipped")
+        skipped = ", ".join(f"{n} {state}" for state, n in p.skipped.items())
+        console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.cells)} cells; {len(p.todo)} to run"
+                      + (f" (skipping {skipped})" if skipped else ""))
+        for cost in launch.estimate_cost(p.todo, p.presets, mfu=args.mfu, gpu_tflops=args.gpu_tflops):
+            console.print(f"cost of the {len(p.todo)} cells to run: {cost.flops:.3g} training FLOPs "
+                          f"≈ {cost.device_hours:,.3g} {cost.unit}-hours at {cost.basis}")
+        if args.dry_run or len(sweep.cells) <= 24:
+            console.print(_grid_table(sweep, p.states, p.presets))
+        if args.dry_run:
+            for preset, cells in p.groups():
+                if args.executor == "slurm" and check_cluster:  # submitit writes the script only where srun exists
+                    ex = launch.make_executor("slurm", p.params[preset], p.log_folder(cells[0].cfg.runs_dir), sweep.name)
+                    console.print(f"[bold]sbatch script[/] for the {preset} array of {len(cells)} cells:")
+                    print(launch.sbatch_script(ex, len(cells)), flush=True)
+                else:
+                    console.print(f"[bold]{preset}[/] array of {len(cells)} cells, launcher parameters:")
+                    print(json.dumps(p.params[preset], indent=1, sort_keys=True), flush=True)
+            console.print("dry run: nothing submitted")
             return 0
+        if not p.todo:
+            console.print("nothing to submit")
+            return 0
+        if args.executor == "slurm":
+            submitted = launch.submit(p)
+            arrays = Counter(str(job).split("_")[0] for _, job in submitted)
+            console.print(f"submitted {len(submitted)} cells as {len(arrays)} job array(s): "
+                          + ", ".join(f"{j} ({n} cells)" for j, n in arrays.items()))
+            console.print(f"follow with: mixer-scaling sweep status {sweep.name} {' '.join(args.overrides)}".rstrip())
+            if not args.wait:
+                return 0
+    if args.executor == "slurm":
         states = launch.wait(sweep, poll_s=args.poll)
     else:
         def on_done(cell, status, seconds, out):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, checkpoint, distributed, precision, records
+from . import __version__, checkpoint, distributed, locks, precision, records
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .engine import SELECT_KEY, Interrupted, Loop
@@ -144,6 +144,11 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     Started as several processes (the tasks of a SLURM job, torchrun) it trains data parallel: rank 0
     writes the run directory, evaluates and returns the record; the other ranks train their share, wait
     for rank 0 and return the record it wrote, read from disk.
+
+    Rank 0 is the run directory's one writer: it holds ``<run_dir>/.lock`` (:mod:`.locks`) from after the
+    build to the end of the attempt. Held by another live process, the run is not started
+    (:class:`.locks.RunLocked`, one line naming the holder) or, with ``wait_for_lock=true``, starts once
+    that process has ended (and returns its record if it finished the run).
     """
     validate(cfg)
     run_id = run_id_of(cfg)
@@ -166,9 +171,35 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
         with distributed.main_first(), precision.cpu_attention(device):  # downloads once, not once per rank
             built = build_fn(cfg, device)
         built.precision = computes_in
+        # One writer per run directory (see .locks): rank 0 holds <run_dir>/.lock for the whole attempt,
+        # taken before anything there is read and rewritten; every rank follows what it found.
+        lock, verdict = None, "train"
         if distributed.is_main():
-            return _lead(cfg, built, run_id, run_dir)
-        return _follow(cfg, built, run_dir)
+            try:
+                lock = locks.hold_run(run_dir, run_id, wait=bool(cfg.get("wait_for_lock", False)))
+                verdict = "done" if _is_done(run_dir) else "train"  # the other writer may have finished meanwhile
+            except locks.RunLocked as exc:
+                verdict = str(exc)
+        verdict = distributed.gather(verdict)[0]
+        try:
+            if verdict == "done":
+                log.info("run %s is done (%s); not retraining", run_id, run_dir)
+                return read_record(run_dir)
+            if verdict != "train":
+                raise locks.RunLocked(verdict)
+            if distributed.is_main():
+                return _lead(cfg, built, run_id, run_dir, lock)
+            return _follow(cfg, built, run_dir)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _is_done(run_dir: Path) -> bool:
+    try:
+        return (read_record(run_dir) or {}).get("status") == DONE
+    except CorruptFile:
+        return False
 
 
 def _loop(cfg: DictConfig, built: Built, run_dir: Path, **callbacks) -> Loop:
@@ -181,13 +212,16 @@ def _loop(cfg: DictConfig, built: Built, run_dir: Path, **callbacks) -> Loop:
     )
 
 
-def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path) -> dict:
-    """Rank 0 (the only rank of a single-process run): train, evaluate and record."""
+def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks.Lock | None = None) -> dict:
+    """Rank 0 (the only rank of a single-process run), holding the run directory's lock: train, evaluate
+    and record."""
     run_dir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_bytes(run_dir / records.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True).encode())
     static = describe(cfg, built, run_id)
     record = Record.open(run_dir, static)
     record.fields.pop("error", None)
+    if lock is not None and lock.problem:
+        record.note(lock.problem)
     if slurm_job():
         record.update(slurm_jobs=[*record.fields.get("slurm_jobs", []), slurm_job()])
     record.save(RUNNING)
@@ -322,11 +356,16 @@ def _flat_summary(fields: dict) -> dict:
 def app_body(job: Callable[[], object], config_of_failure: Callable[[], DictConfig | None]) -> None:
     """What a Hydra app does with its run ``job``. In a multirun a cell raises rather than exits, so Hydra
     records it as failed and goes on with the other cells (failing the sweep at the end), and its
-    result.json says why even if it failed before training. A single run turns bad input into one line
-    and exit 2, a stop signal into exit 75."""
+    result.json says why even if it failed before training; a cell whose run directory another live
+    process holds is not a failure (one line; Hydra counts the job as completed). A single run turns bad
+    input into one line and exit 2, a stop signal into exit 75, a run held by another process into one
+    line and exit 69 (:data:`.locks.EXIT_BUSY`)."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         try:
             job()
+        except locks.RunLocked as exc:  # running elsewhere: not this cell's failure, and its record is not ours
+            print(f"error: {exc}", file=sys.stderr)
+            return
         except Interrupted:  # checkpointed and recorded as interrupted: it resumes, it did not fail
             raise
         except Exception as exc:
@@ -343,6 +382,9 @@ def app_body(job: Callable[[], object], config_of_failure: Callable[[], DictConf
     except Interrupted as stop:
         print(f"interrupted: {stop}; rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except locks.RunLocked as exc:  # another live process is this run's writer
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(locks.EXIT_BUSY)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
