@@ -62,7 +62,8 @@ def test_bf16_on_cpu_trains_and_evaluates_in_bf16(tiny):
     feats = {}
     for p in ("fp32", "bf16"):
         built.precision = p
-        feats[p] = features(built.model, data.test, CPU, 128, bf16=built.precision == "bf16")[0]
+        feats[p] = features(built.model, data.test, CPU, 128, getattr(data, "collate_fn", None),
+                            bf16=built.precision == "bf16")[0]
         assert evaluate(cfg, built)[0]["val_top1"] >= 0
     assert feats["fp32"].dtype == feats["bf16"].dtype == torch.float32
     assert not torch.equal(feats["fp32"], feats["bf16"])

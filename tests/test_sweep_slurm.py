@@ -65,7 +65,9 @@ def manifest(runs: Path) -> list[dict]:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of a run's metrics.jsonl (evaluation rows left out)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "train/loss" in r]
 
 
 def test_hydra_multirun_with_submitit_slurm(idle_slurm_cluster, tmp_path):
