@@ -47,6 +47,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -386,6 +387,16 @@ def _frontier_fit(pts: pd.DataFrame, runs: pd.DataFrame, n_boot: int, seed: int)
         return None
 
 
+def _log_x(ax) -> None:
+    """A log x axis whose labels never collide: minor ticks are labelled only when the axis spans less
+    than a decade (then there is at most one major tick to read it by)."""
+    ax.set_xscale("log")
+    ax.autoscale_view()
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi / lo >= 10:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, title: str = "",
                 fit: PowerLawFit | None = None) -> None:
     many = len(pts) > _MANY
@@ -408,7 +419,7 @@ def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, 
         lo, hi = fit.band(grid)
         if np.isfinite(lo).all():
             ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color="black", alpha=0.08, lw=0)
-    ax.set_xscale("log")  # matplotlib labels minor ticks itself when the axis spans less than a decade
+    _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -484,7 +495,7 @@ def draw_data_scaling(ax, agg: pd.DataFrame, xlabel: str, ylabel: str, fits: dic
                 lo, hi = fit.band(grid)
                 if np.isfinite(lo).all():
                     ax.fill_between(grid, 100 * (1 - hi), 100 * (1 - lo), color=color, alpha=0.07, lw=0)
-    ax.set_xscale("log")  # matplotlib labels minor ticks itself when the axis spans less than a decade
+    _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     lo, hi = ax.get_ylim()
