@@ -52,6 +52,7 @@ def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
     assert "on the frontier" in proc.stdout and "data scaling" in proc.stdout
     assert (figures / "findings.md").exists() and (figures / "findings.json").exists()
     facts = json.loads((figures / "study.json").read_text())
+    assert facts["command"].startswith("mixer-scaling study demo model=mixer/micro data.fraction=0.3,1.0 seed=0")
     assert facts["sweep"] == "demo" and facts["done"] == 2 and facts["this_invocation"]["runs_trained"] == 2
     assert facts["versions"]["torch"] and facts["train_seconds_sum"] > 0 and facts["machine"]["cores"] >= 1
     table = pd.read_parquet(figures / "results.parquet")

@@ -129,7 +129,9 @@ def _write_study_facts(path: Path, args, df, trained_now: int, wall_seconds: flo
     recs = [r for r in (records.read_record(Path(d)) for d in df.loc[df.status == "done", "run_dir"]) if r]
     facts = {
         "sweep": args.sweep, "overrides": list(args.overrides), "best_over": list(args.best_over),
-        "command": "mixer-scaling study " + " ".join([args.sweep, *args.overrides]),
+        "command": " ".join(["mixer-scaling", "study", args.sweep, *args.overrides,
+                             *(f"--best-over {k}" for k in args.best_over),
+                             *([f"-o {args.output}"] if args.output else [])]),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
                     "devices": sorted({str(r.get("device")) for r in recs})},
