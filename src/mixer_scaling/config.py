@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -193,7 +194,15 @@ _TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or
 
 
 def _explain(exc: Exception) -> str:
+    parse = _explain_parse_error(exc)
+    if parse:
+        return parse
     msg = str(exc)
+    ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", msg.splitlines()[0]) if msg else None
+    if ambiguous:  # Hydra's advice spans four lines: the same in one
+        key, _, value = ambiguous.group(1).partition("=")
+        return (f"invalid override {ambiguous.group(1)!r}: a comma makes a sweep; for a string quote the value "
+                f"(\"{key}='{value}'\"), for a list write {key}=[{value}], for a sweep add --multirun")
     cause = str(exc.__cause__ or "")
     bad_type = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", cause)
     key = re.search(r"full_key: (\S+)", cause)
@@ -218,6 +227,28 @@ def _explain(exc: Exception) -> str:
         allowed = f"; keys under {parent}: {', '.join(map(str, known))}" if known else ""
         return f"unknown config key '{key}'{allowed} (prefix with + to add a new key)"
     return one_line(exc)
+
+
+_LEXER = "LexerNoViableAltException: "
+
+
+def _explain_parse_error(exc: BaseException) -> str | None:
+    """One line for an override Hydra's grammar cannot read: a character it does not take unquoted (a
+    non-ASCII letter, ``#``, ``&``, …) or a space inside a sweep. None for other errors."""
+    from hydra.errors import OverrideParseException
+
+    if not isinstance(exc, OverrideParseException):
+        return None
+    override, message = str(exc.override), str(exc.message)
+    key, sep, value = override.partition("=")
+    example = f"\"{key}='{value}'\"" if sep and "'" not in value else f"'{key}=\"{value}\"'"
+    if message.startswith(_LEXER):
+        lines = message.splitlines()
+        pos = lines[1].find("^") - len(_LEXER) if len(lines) > 1 else -1
+        char = f"{override[pos]!r} " if 0 <= pos < len(override) else ""
+        return (f"invalid override {override!r}: the character {char}cannot be read unquoted (Hydra's override "
+                f"grammar reads ASCII letters, digits and a few symbols unquoted); quote the value, e.g. {example}")
+    return None
 
 
 def expand(overrides: Sequence[str]) -> list[list[str]]:
@@ -258,7 +289,7 @@ def _parse(overrides: Sequence[str]):
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:
-        raise ConfigError(f"invalid override: {one_line(exc)}") from None
+        raise ConfigError(_explain_parse_error(exc) or f"invalid override: {one_line(exc)}") from None
 
 
 def fixed_overrides(overrides: Sequence[str]) -> list[str]:
@@ -320,6 +351,12 @@ def validate(cfg: DictConfig, tree: dict | None = None, memo: set | None = None)
     missing = sorted(_missing_in_tree(tree) if tree is not None else missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required and has no value; set it on the command line ({missing[0]}=...)")
+    check_no_secrets(tree if tree is not None else cfg)
+    runs_dir = cfg.get("runs_dir")
+    if memo is None or ("runs_dir", str(runs_dir)) not in memo:
+        check_runs_dir(runs_dir)
+        if memo is not None:
+            memo.add(("runs_dir", str(runs_dir)))
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
@@ -332,6 +369,98 @@ def validate(cfg: DictConfig, tree: dict | None = None, memo: set | None = None)
     if key not in memo:
         _validate_groups(cfg)
         memo.add(key)
+
+
+#: Environment variables whose values are secrets: never written (records, configs, W&B, tables, sbatch
+#: scripts, submitit's pickles). W&B's API key, and any name with an API_KEY, TOKEN, SECRET, PASSWORD or
+#: ACCESS_KEY part (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
+SECRET_ENV = ("WANDB_API_KEY",)
+SECRET_NAME = re.compile(r"(^|_)(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|ACCESS_KEY)(_|$)")
+#: A secret this short could be part of an ordinary value by chance (``seed``'s digits, a path part):
+#: below it only an equal value counts.
+SECRET_MIN_CONTAINED = 8
+
+
+def secret_values() -> dict[str, str]:
+    """``{name: value}`` of the secret environment variables set in this process (:data:`SECRET_ENV`,
+    :data:`SECRET_NAME`)."""
+    return {name: value for name, value in os.environ.items()
+            if value.strip() and (name in SECRET_ENV or SECRET_NAME.search(name.upper()))}
+
+
+def _strings(node, key: str = ""):
+    """(dotted key, value) of every string in a resolved config (plain data or a DictConfig)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _strings(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{key}[{i}]")
+    elif isinstance(node, str):
+        yield key, node
+
+
+def check_no_secrets(node, prefix: str = "") -> None:
+    """ConfigError naming the first key whose resolved value is, or holds, the value of a secret environment
+    variable (``study=${oc.env:WANDB_API_KEY}``): the config is written to result.json, config.yaml, W&B,
+    the results table and submitit's pickle. The message names the key and the variable, never the value."""
+    secrets = secret_values()
+    if not secrets:
+        return
+    for key, value in _strings(node, prefix):
+        for name, secret in secrets.items():
+            if value == secret or (len(secret) >= SECRET_MIN_CONTAINED and secret in value):
+                raise ConfigError(f"{key} is not allowed: its resolved value holds the value of the secret environment "
+                                  f"variable {name} (an interpolation such as ${{oc.env:{name}}}?); configs are "
+                                  f"written to result.json, config.yaml, W&B and the results table, so a secret "
+                                  f"stays in the environment: remove it from {key}")
+
+
+def check_runs_dir(runs_dir) -> None:
+    """``runs_dir`` names a folder path every folder name of which the file system can hold (NAME_MAX,
+    255 bytes on Linux file systems); whether it is writable is checked when a run starts."""
+    if runs_dir is None or not str(runs_dir).strip():
+        raise ConfigError(f"runs_dir={runs_dir!r} is not allowed; expected a folder path (default: runs)")
+    path = Path(str(runs_dir))
+    existing = path.absolute()
+    while not os.path.isdir(existing) and existing != existing.parent:
+        existing = existing.parent
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in path.parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise ConfigError(f"runs_dir={_shorten(str(runs_dir))!r} is not allowed: its folder name "
+                              f"{_shorten(part)!r} is {n} bytes long; allowed: at most {name_max} bytes per "
+                              "folder name on this file system")
+
+
+def check_writable(run_dir: Path, runs_dir) -> None:
+    """A run directory (or Hydra's multirun folder) this process can create or write into: ConfigError in one
+    line naming ``runs_dir`` and why not (a read-only file system or folder, a file in the way), before
+    anything is built or written."""
+    existing = Path(run_dir)
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"runs_dir={str(runs_dir)!r} cannot hold run directories: {existing} is not a folder; "
+                          "expected a folder path (runs_dir=<a folder this user can write>)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        try:
+            read_only_fs = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only_fs = False
+        why = "on a read-only file system" if read_only_fs else "a folder this user cannot write"
+        raise ConfigError(f"runs_dir={str(runs_dir)!r} is not writable: {existing} is {why}; expected a folder this "
+                          "user can write (runs_dir=<a writable folder>)")
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
 def _validate_groups(cfg: DictConfig) -> None:
@@ -377,6 +506,9 @@ def check_overrides(argv: Iterable[str]) -> int:
     memo: set = set()
     for cfg in compose_many(cells):
         validate(cfg, OmegaConf.to_container(cfg, resolve=True), memo)
+        if multirun and ("writable", str(cfg.runs_dir)) not in memo:  # Hydra writes its files under runs_dir
+            check_writable(Path(str(cfg.runs_dir)) / ".multirun", cfg.runs_dir)
+            memo.add(("writable", str(cfg.runs_dir)))
     return len(cells)
 
 
@@ -409,6 +541,8 @@ LAUNCHER_MINIMUMS = {"timeout_min": 1, "cpus_per_task": 1, "tasks_per_node": 1, 
 def check_launcher_values(node: Mapping, prefix: str = "hydra.launcher") -> None:
     """Values of the submitit launcher config: counts in range, and no line breaks anywhere, since every
     value ends up in the sbatch script (a newline there would inject a shell line into the job)."""
+    if prefix == "hydra.launcher":
+        check_no_secrets(node, prefix)  # the launcher's settings land in the sbatch script and submitit's files
     for key, value in node.items():
         name = f"{prefix}.{key}"
         if isinstance(value, Mapping):

@@ -12,7 +12,9 @@ One place owns the run-directory layout and the record schema (documented in the
 
 ``run_id`` is a short hash of the resolved config without the keys that do not change results
 (paths, logging cadence, W&B settings), as dora does: the same experiment always lands in the
-same directory, which is what makes reruns resume and finished runs skip.
+same directory, which is what makes reruns resume and finished runs skip. A data set that is a folder
+of files enters it by a fingerprint of those files (:mod:`.data.fingerprint`), not by its path: a run
+on another tree is another run, a tree moved elsewhere keeps its runs.
 """
 
 from __future__ import annotations
@@ -96,9 +98,25 @@ def identity(cfg: DictConfig | Mapping) -> dict:
     return tree
 
 
+def run_identity(cfg: DictConfig | Mapping) -> dict:
+    """:func:`identity` plus the fingerprint of each data set that is a folder of files
+    (``data.fingerprint``, ``fewshot.fingerprint``: the digest, see :mod:`.data.fingerprint`); the
+    embedded data and the few-shot sets defined by the config add nothing, so their ids are unchanged.
+
+    Reads the data folders' listings (``stat`` only, once per process per tree); a missing root raises
+    the usual one-line :class:`~.errors.DataError`."""
+    from .data.fingerprint import data_fingerprints
+
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    ident = identity(tree)
+    for group, fp in data_fingerprints(tree).items():
+        ident[group] = {**ident.get(group, {}), "fingerprint": fp["digest"]}
+    return ident
+
+
 def run_id_of(cfg: DictConfig | Mapping, length: int = 10) -> str:
-    """Stable short hash of :func:`identity` (canonical JSON, sorted keys)."""
-    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    """Stable short hash of :func:`run_identity` (canonical JSON, sorted keys)."""
+    blob = json.dumps(run_identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:length]
 
 
@@ -280,18 +298,27 @@ def record_failure(cfg: DictConfig, exc: BaseException) -> None:
     import traceback
 
     from . import locks
+    from .errors import UserError
 
-    run_dir = Path(cfg.runs_dir) / run_id_of(cfg)
+    try:
+        run_id = run_id_of(cfg)
+    except UserError:  # its data is gone (a missing root): without it the run has no identity, no directory
+        return
+    run_dir = Path(cfg.runs_dir) / run_id
     if run_dir.is_dir() and locks.run_holder(run_dir) is not None:
         return  # another live process is this run's writer: its `running` record is true
-    previous, _ = read_record_or_set_aside(run_dir) if run_dir.is_dir() else (None, None)
-    if previous and previous.get("status") != RUNNING:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    atomic_write_json(run_dir / RESULT_FILE, {
-        **(previous or {}), "run_id": run_id_of(cfg), "status": FAILED, "study": cfg.study, "model": cfg.model.name,
-        "family": cfg.model.family, "fraction": float(cfg.data.fraction), "seed": int(cfg.seed),
-        "error": {"type": type(exc).__name__, "message": message, "traceback": traceback.format_exc()},
-        "updated_at": _now(),
-    })
+    try:
+        previous, _ = read_record_or_set_aside(run_dir) if run_dir.is_dir() else (None, None)
+        if previous and previous.get("status") != RUNNING:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        atomic_write_json(run_dir / RESULT_FILE, {
+            **(previous or {}), "run_id": run_id, "status": FAILED, "study": cfg.study, "model": cfg.model.name,
+            "family": cfg.model.family, "fraction": float(cfg.data.fraction), "seed": int(cfg.seed),
+            "error": {"type": type(exc).__name__, "message": message, "traceback": traceback.format_exc()},
+            "updated_at": _now(),
+        })
+    except OSError as write_error:  # a read-only runs_dir, say: the failure itself is what the caller raises
+        log.warning("could not record the failure of run %s in %s: %s", run_id, run_dir,
+                    write_error.strerror or write_error)

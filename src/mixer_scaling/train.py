@@ -27,14 +27,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, checkpoint, distributed, locks, precision, records
-from .config import CONF_DIR, PRIMARY, check_overrides, validate
+from .config import CONF_DIR, PRIMARY, check_overrides, check_writable, validate
 from .data import build_data, build_fewshot_sets
+from .data.fingerprint import data_fingerprints
 from .engine import SELECT_KEY, Interrupted, Loop
 from .errors import EXIT_USAGE, ConfigError, CorruptFile, UserError
 from .evaluate.classify import ordered_loader, top1
 from .evaluate.downstream import evaluate_fewshot
 from .evaluate.throughput import inference_throughput
 from .models import build_model, count_params, forward_flops, get_spec
+from .stream import total_steps
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, Record, read_record, record_failure, run_id_of
 from .tracking import Tracker
 
@@ -80,14 +82,21 @@ def build(cfg: DictConfig, device: torch.device) -> Built:
 
 
 def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
-    """The static part of the record: what is trained, on what, for how long."""
+    """The static part of the record: what is trained, on what, for how long.
+
+    ``examples_seen`` is the configured budget; a run trains ``steps`` = ceil(examples_seen / batch)
+    whole global batches, so ``examples_trained`` = steps × batch (at least the budget), and ``epochs``
+    and ``train_flops`` (3 × forward FLOPs per image × examples_trained) count what was trained."""
     spec = get_spec(cfg.model.name)
     d, t = built.data, cfg.train
-    return {
+    config = OmegaConf.to_container(cfg, resolve=True)
+    steps = total_steps(int(t.examples_seen), int(t.batch_size))
+    examples_trained = steps * int(t.batch_size)
+    fields = {
         "run_id": run_id,
         "run_dir": str(Path(cfg.runs_dir) / run_id),
         "study": cfg.study,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "model": spec.name,
         "family": spec.family,
         "size": spec.size,
@@ -102,9 +111,11 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
         "train_size": d.train_size,
         "full_size": d.full_size,
         "examples_seen": int(t.examples_seen),
+        "examples_trained": examples_trained,
         "batch_size": int(t.batch_size),
-        "steps": -(-int(t.examples_seen) // int(t.batch_size)),
-        "epochs": t.examples_seen / d.train_size,
+        "steps": steps,
+        "epochs": examples_trained / d.train_size,
+        "data_fingerprint": data_fingerprints(config),
         "seed": int(cfg.seed),
         "precision": built.precision,
         "device": torch.cuda.get_device_name(built.device) if built.device.type == "cuda" else platform.processor() or "cpu",
@@ -114,6 +125,8 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
                      "timm": __import__("timm").__version__, "python": platform.python_version()},
         **built.extra,
     }
+    fields["train_flops"] = 3.0 * float(fields["flops_per_image"]) * examples_trained  # forward + backward
+    return fields
 
 
 def upstream_top1(cfg: DictConfig, built: Built, half: str) -> float:
@@ -160,6 +173,7 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     if previous and previous.get("status") == DONE:
         log.info("run %s is done (%s); not retraining", run_id, run_dir)
         return previous
+    check_writable(run_dir, cfg.runs_dir)
 
     device = resolve_device(str(cfg.device))
     computes_in = precision.resolve(str(cfg.train.precision), device)
@@ -226,7 +240,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
         record.update(slurm_jobs=[*record.fields.get("slurm_jobs", []), slurm_job()])
     record.save(RUNNING)
     log.info("run %s: %s on %s (fraction %g, %d examples, %.1f epochs) → %s", run_id, static["model"],
-             static["dataset"], static["fraction"], static["examples_seen"], static["epochs"], run_dir)
+             static["dataset"], static["fraction"], static["examples_trained"], static["epochs"], run_dir)
 
     tracker = Tracker.start(cfg.wandb, run_id=run_id, run_dir=run_dir, config=static["config"],
                             name=f"{'ft-' if static.get('parent_run_id') else ''}"
@@ -255,6 +269,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
         metrics["select_top1"] = best.pop("select_top1")
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **best)
+        record.fields.pop("interrupted_at_step", None)  # an earlier attempt's stop: history, not this state
         record.save(DONE)
     except Interrupted as stop:
         record.update(**_cost(loop.counters, static["num_devices"]), interrupted_at_step=stop.step)

@@ -178,15 +178,23 @@ def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping 
     return sets
 
 
-def _user_set(name: str, fcfg: Mapping, image_size: int) -> FewshotSet:
-    from .folders import cifar, image_folder_pair
-
+def check_user_root(name: str, fcfg: Mapping):
+    """``fewshot.root`` for the user's set ``name``: DataError (one line) when it is unset, or missing and
+    not to be downloaded."""
     root = fcfg.get("root")
     download = fcfg.get("download", False) is True
     if root in (None, "", "???"):
         raise DataError(f"fewshot.root is not set; the {name} few-shot set is read from there (fewshot.root=/data/{name})")
     if not Path(str(root)).is_dir() and not (download and name != "imagefolder"):
         raise DataError(f"fewshot.root={str(root)!r} does not exist; the {name} few-shot set is read from there")
+    return root
+
+
+def _user_set(name: str, fcfg: Mapping, image_size: int) -> FewshotSet:
+    from .folders import cifar, image_folder_pair
+
+    root = check_user_root(name, fcfg)
+    download = fcfg.get("download", False) is True
     opts = {"download": download, "verify_images": fcfg.get("verify_images", True), "flip": False}
     if name == "imagefolder":
         train, test = image_folder_pair(Path(str(root)), opts, image_size, key="fewshot", train_augment=False)
