@@ -10,7 +10,8 @@
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
     mixer-scaling weights <run> [-o dir]                   a Mixer run's token-mixing weights (paper Fig. 5)
 
-Bad arguments print one line and exit with status 2.
+Bad arguments print one line and exit with status 2. Ctrl-C prints one line (finished runs are kept;
+rerun to resume) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ import time
 from pathlib import Path
 
 from .errors import EXIT_USAGE, UserError
+from .paths import check_folder
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+INTERRUPTED_LINE = "interrupted; finished runs are kept, rerun to resume"
 
 DEMO_SWEEP = "demo"  # sweeps/demo.yaml: tiny and micro Mixer, ViT, BiT x 3 data fractions
 
@@ -74,18 +79,22 @@ def cmd_study(args) -> int:
         if key == "seed" or sweep.cells[0].value(key) is None:
             raise UserError(f"--best-over {key}: not a config key of sweep {args.sweep} (seeds are averaged, "
                             f"never chosen); e.g. --best-over train.lr")
+    launch.check_runs_dirs(sweep, "local")  # where it writes, before anything runs
+    runs_dir = Path(sweep.cells[0].cfg.runs_dir)
+    out_dir = Path(args.output) if args.output else runs_dir.parent / "figures" / args.sweep
+    check_folder(out_dir, "--figures" if getattr(args, "command", "") == "demo" else "-o", beside=True)
     plan = launch.plan(sweep, "local")
     parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
     console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (sweeps/{args.sweep}.yaml), {len(plan.todo)} to run, "
                   f"{parallel} at a time; finished runs are reused")
 
     def on_done(cell, status, seconds, out):
-        record = cell.record() or {}
+        record = cell.record() or {}  # None for a damaged record
         m = record.get("metrics") or {}
         top1 = m.get("val_top1")
         out.print(f"  {status:<6} {cell.label:<48} {seconds:4.0f} s"
                   + (f"  val top-1 {top1:.3f}, best step {record.get('best_step')}/{record.get('steps')}"
-                     if top1 is not None else f"  {(record.get('error') or {}).get('message', '')}"))
+                     if isinstance(top1, (int, float)) else f"  {(record.get('error') or {}).get('message', '')}"))
 
     launch.run_here(plan, parallel=parallel, on_done=on_done)
     states = cell_states(sweep)
@@ -94,9 +103,9 @@ def cmd_study(args) -> int:
     if not done:
         return 1
 
-    runs_dir = Path(sweep.cells[0].cfg.runs_dir)
-    out_dir = Path(args.output) if args.output else runs_dir.parent / "figures" / args.sweep
-    df, summary = collect([s.cell.run_dir for s in states if s.record])
+    df, summary = collect([s.cell.run_dir for s in states if s.record], warn=False)
+    for line in summary.warnings:
+        console.print(f"warning: {line}")
     rendered = render(df, out_dir, summary=summary, n_boot=args.boot, best_over=args.best_over)
     results = write_table(df, out_dir / "results.parquet", out_dir / "results.csv")
     _write_study_facts(out_dir / "study.json", args, df, trained_now=len(plan.todo),
@@ -250,6 +259,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as exc:
+        from .engine import Interrupted  # a debug-executor cell stopped by Ctrl-C: checkpointed and recorded
+
+        if isinstance(exc, Interrupted):
+            return _interrupted()
+        raise
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line, exit 130. Finished runs are on disk already; running cells checkpoint on the same
+    SIGINT (their processes get it too) and resume on a rerun."""
+    print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import submitit
+from submitit.core.utils import JobPaths
 from omegaconf import OmegaConf, open_dict
 
 from . import locks
@@ -46,6 +48,8 @@ from .records import FAILED, record_failure, run_id_of
 from .sweep import DONE, MANIFEST_DIR, TO_SUBMIT, UNKNOWN, Cell, CellState, Sweep, cell_states
 
 EXECUTORS = ("slurm", "local", "debug")
+# Where the local executor's job controllers write their stderr, in the sweep's log folder.
+CONTROLLER_LOG = "local-controllers.log"
 # What a local cell reports when another live process holds its run directory (see mixer_scaling.locks).
 ELSEWHERE = "running elsewhere"
 # Smallest preset whose bound (forward GFLOPs per image at the run's resolution) covers the model.
@@ -154,8 +158,12 @@ def make_executor(executor: str, params: dict, folder: Path, name: str) -> submi
             continue
         update[key if key in BASE_KEYS else f"{executor}_{key}"] = value
     if executor == "local":
-        # One BLAS thread per requested core, so parallel cells do not fight over the machine.
-        update["local_setup"] = [f"export OMP_NUM_THREADS={params.get('cpus_per_task') or 1}"]
+        # One BLAS thread per requested core, so parallel cells do not fight over the machine. The job's
+        # controller process (submitit's, one per cell) shares the terminal: on Ctrl-C it would print its own
+        # KeyboardInterrupt traceback there, so its stderr goes to a file beside the cells' logs instead.
+        controller_log = JobPaths.get_first_id_independent_folder(folder) / CONTROLLER_LOG
+        update["local_setup"] = [f"export OMP_NUM_THREADS={params.get('cpus_per_task') or 1}",
+                                 f"exec 2>>{shlex.quote(str(controller_log))}"]
         update = {k: v for k, v in update.items() if k in ("name", "timeout_min", "tasks_per_node", "gpus_per_node",
                                                            "stderr_to_stdout", "local_setup")}
     try:
@@ -241,6 +249,16 @@ def cpu_core_gflops() -> float:
         return 2 * 384 ** 3 * n / (time.perf_counter() - t0) / 1e9
     finally:
         torch.set_num_threads(threads)
+
+
+def check_runs_dirs(sweep: Sweep, executor: str) -> None:
+    """Every ``runs_dir`` of the sweep can be created and written by this process, before anything is
+    planned, locked or submitted (a read-only file system, a name over 255 bytes, a file on the way), and
+    holds no ``%`` when SLURM writes the logs there (:func:`mixer_scaling.paths.check_runs_dir`)."""
+    from .paths import check_runs_dir
+
+    for runs_dir in sweep.runs_dirs:
+        check_runs_dir(runs_dir, slurm=executor == "slurm")
 
 
 def check_options(*, parallel: int | None = None, mfu: float = DEFAULT_MFU,
@@ -415,6 +433,14 @@ def submit(p: Plan) -> list[tuple[Cell, str]]:
         ex = make_executor(p.executor, p.params[preset], folder, f"{p.sweep.name}")
         try:
             jobs = ex.map_array(CellJob(), [c.config for c in cells])
+        except OSError as exc:
+            if exc.filename is None or Path(str(exc.filename)).name == "sbatch":
+                raise UserError(f"sbatch could not be run for the {preset} array of {len(cells)} cells: "
+                                f"{one_line(exc)}") from None
+            done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
+            raise UserError(f"cannot write the job files of the {preset} array of {len(cells)} cells in {folder} "
+                            f"({exc.strerror or one_line(exc)}: {exc.filename}); nothing of it was submitted{done}") \
+                from None
         except Exception as exc:
             done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
             raise UserError(f"sbatch refused the {preset} array of {len(cells)} cells: {_sbatch_error(exc)}{done}") \

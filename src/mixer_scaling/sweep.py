@@ -26,17 +26,18 @@ from typing import Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from .config import compose_many, grid, group_options, validate
-from .errors import ConfigError
+from .errors import ConfigError, CorruptFile
 from .locks import describe, run_holder
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, read_record, run_id_of
 
 SWEEP_GROUP = "sweep"
 MANIFEST_DIR = ".sweeps"
 
-# Cell states, from the run directory and (where there is one) the SLURM queue.
-NEW, PENDING, STALE, LOST, UNKNOWN = "new", "pending", "stale", "lost", "unknown"
+# Cell states, from the run directory and (where there is one) the SLURM queue. `damaged`: its result.json
+# is unreadable, not JSON, or has a field of the wrong type (`"metrics": [...]`); the rerun sets it aside.
+NEW, PENDING, STALE, LOST, UNKNOWN, DAMAGED = "new", "pending", "stale", "lost", "unknown", "damaged"
 # What a (re)launch submits again: everything but finished cells and cells still in the queue.
-TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED)
+TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED, DAMAGED)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -93,10 +94,25 @@ class Cell:
         return " ".join(f"{k}={v}" for k, v in self.axes.items()) or self.run_id
 
     def record(self) -> dict | None:
+        """The cell's record; None when there is none or it is damaged (:meth:`read` says how)."""
+        return self.read()[0]
+
+    def read(self) -> tuple[dict | None, str]:
+        """(record, '') — or (None, what is wrong) for a damaged record: unreadable, not JSON, not an object
+        (:class:`~.errors.CorruptFile`), or with ``metrics``/``config``/``error`` of the wrong type
+        (:func:`~.analysis.results.record_problem`). (None, '') when there is no record yet."""
+        from .analysis.results import record_problem
+
         try:
-            return read_record(self.run_dir)
-        except (OSError, ValueError):  # damaged (CorruptFile): the rerun sets it aside and resumes
-            return None
+            record = read_record(self.run_dir)
+        except CorruptFile as exc:  # the rerun sets it aside and resumes
+            return None, exc.problem
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable ({exc})"
+        if record is None:
+            return None, ""
+        problem = record_problem(record)
+        return (None, problem) if problem else (record, "")
 
 
 @dataclass
@@ -234,7 +250,7 @@ def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bo
         queue = squeue_states()
     out = []
     for cell in sweep.cells:
-        record = cell.record()
+        record, damage = cell.read()
         sub = submissions.get(cell.run_id)
         job_id = sub["job_id"] if sub else None
         on_slurm = bool(sub) and sub.get("executor") == "slurm"  # only SLURM job ids are in squeue
@@ -252,6 +268,8 @@ def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bo
             state, detail = RUNNING, queued.lower()
         elif (holder := run_holder(cell.run_dir)) is not None:  # a live process is its writer, whoever started it
             state, detail = RUNNING, f"held by {describe(holder)}"
+        elif damage:  # counted as damaged, never read further; a relaunch sets the record aside and reruns
+            state, detail = DAMAGED, f"result.json {damage}"
         elif status == FAILED:
             err = record.get("error") or {}
             state, detail = FAILED, f"{err.get('type', 'Error')}: {err.get('message', '')}".strip()

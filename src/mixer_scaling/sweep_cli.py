@@ -23,7 +23,7 @@ from . import launch
 from .sweep import CellState, Sweep, cell_states, known_sweeps, load, status_rows
 
 STATE_STYLE = {"done": "green", "failed": "red", "lost": "red", "stale": "yellow", "interrupted": "yellow",
-               "running": "cyan", "running elsewhere": "cyan", "pending": "blue", "new": "dim"}
+               "running": "cyan", "running elsewhere": "cyan", "pending": "blue", "new": "dim", "damaged": "red"}
 
 
 def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = None, title: str = "") -> Table:
@@ -37,6 +37,7 @@ def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = No
     for s in states:
         metrics = (s.record or {}).get("metrics") or {}
         top1 = metrics.get("val_top1")
+        top1 = top1 if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
         step = f"{s.step}/{s.steps}" if s.step is not None and s.steps else ""
         table.add_row(*(str(s.cell.axes.get(a, "")) for a in axes), s.cell.run_id,
                       f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]", step,
@@ -61,6 +62,9 @@ def cmd_launch(args) -> int:
     # Flag values first: a bad one must stop the launch before anything is printed or planned.
     launch.check_options(parallel=args.parallel, mfu=args.mfu, gpu_tflops=args.gpu_tflops)
     sweep = load(args.sweep, args.overrides)
+    # Where it will write, before planning, locking or submitting: one line, not an OSError (or a message
+    # blaming sbatch) after the work has started.
+    launch.check_runs_dirs(sweep, args.executor)
     # A dry run on a machine without SLURM still shows the grid, the cost and the sbatch script.
     check_cluster = not (args.dry_run and shutil.which("sbatch") is None)
     # Two launches of one sweep never submit a cell twice: a second one waits here while the first decides

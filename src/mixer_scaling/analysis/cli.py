@@ -1,6 +1,6 @@
 """The ``collect`` and ``figures`` subcommands.
 
-    mixer-scaling collect <runs_dir>... -o results.parquet [--csv results.csv]
+    mixer-scaling collect <runs_dir>... -o results.parquet|results.csv [--csv results.csv]
     mixer-scaling collect --wandb ENTITY/PROJECT [--group G] -o results.parquet
     mixer-scaling figures <results.parquet|results.csv|runs_dir|paper> -o figures/ [--overlay-paper]
                           [--metric val_top1|fewshot|fewshot_<dataset>_<k>] [--k 5] [--dataset NAME]
@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from .results import Summary, collect, collect_wandb, conform, read_table, write_table
+from ..paths import TABLE_SUFFIXES, check_file, check_folder
+from .results import Summary, clean_table, collect, collect_wandb, conform, read_table, write_table
 
 PAPER = "paper"
 
@@ -33,19 +34,26 @@ PAPER = "paper"
 def cmd_collect(args: argparse.Namespace) -> int:
     """Runs on disk and/or in W&B → one results table (parquet, and CSV on request).
 
-    A record that cannot be used (truncated, not JSON, not an object, no status or model) is skipped with
-    one line on stderr naming its path and the problem; the summary counts them. Exit 0 when at least
-    one record was collected.
+    A record that cannot be used (truncated, not JSON, not an object, no status or model, a ``metrics`` or
+    ``config`` that is not an object) is skipped with one line on stderr naming its path and the problem;
+    the summary counts them. Duplicate run ids and accuracies outside [0, 1] are dropped with one warning
+    line each (:func:`.results.clean_table`). ``-o`` (and ``--csv``) are checked before anything is read:
+    ``-o`` ends in ``.parquet`` or ``.csv`` (the format written), ``--csv`` in ``.csv``, and both can be
+    written (:mod:`mixer_scaling.paths`). Exit 0 when at least one record was collected.
     """
     if not args.runs_dirs and not args.wandb:
         raise UserError("collect needs a runs directory or --wandb ENTITY/PROJECT")
     if args.group and not args.wandb:
         raise UserError("--group needs --wandb ENTITY/PROJECT")
-    tables, lines = [], []
+    check_file(args.output, "collect -o", suffixes=TABLE_SUFFIXES)  # before any work: nothing is read yet
+    if args.csv:
+        check_file(args.csv, "collect --csv", suffixes=(".csv",))
+    tables, lines, warnings = [], [], []
     if args.runs_dirs:
         df, summary = collect(args.runs_dirs, warn=False)
         for path, why in summary.skipped:  # one line each, on stderr; the rest is collected
             print(f"skipped {path}: {why}", file=sys.stderr)
+        warnings += summary.warnings
         tables.append(df)
         lines.append(f"{', '.join(map(str, args.runs_dirs))}: {summary.line}")
     if args.wandb:
@@ -53,8 +61,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         tables.append(wdf)
         lines.append(f"W&B {args.wandb}{f' (group {args.group})' if args.group else ''}: "
                      f"{Summary.of_table(wdf).line}")
-    # conform again: the two sources may carry different config columns, of different kinds
-    df = tables[0] if len(tables) == 1 else conform(pd.concat(tables, ignore_index=True).drop_duplicates("run_id"))
+    if len(tables) == 1:
+        df = tables[0]
+    else:  # conform again: the two sources may carry different config columns, of different kinds
+        df, more = clean_table(conform(pd.concat(tables, ignore_index=True)))
+        warnings += more
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     for path in write_table(df, args.output, args.csv):
         lines.append(f"wrote {path} ({len(df)} rows, {len(df.columns)} columns)")
     print("\n".join(lines))
@@ -64,12 +77,19 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def load_source(source: str) -> tuple[pd.DataFrame, Summary]:
     """A results table from a parquet/CSV file or a runs directory, and its status counts."""
     path = Path(source)
-    if path.is_dir():
-        return collect([path])
-    if not path.exists():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # a name over 255 bytes
+        raise UserError(f"{source} cannot be read ({exc.strerror or exc}); expected a results table, a runs "
+                        f"directory or 'paper'") from None
+    if is_dir:
+        return collect([path], warn=False)
+    if not exists:
         raise UserError(f"{source} is neither a results table, a runs directory nor 'paper'")
-    df = read_table(path)
-    return df, Summary.of_table(df)
+    df, warnings = clean_table(read_table(path))
+    summary = Summary.of_table(df)
+    summary.warnings = warnings
+    return df, summary
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -77,6 +97,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     findings.json in one folder; prints the files, the summary and the findings."""
     from . import figures  # matplotlib only when drawing
 
+    check_folder(args.output, "figures -o", beside=True)  # before any work: a bad folder fails now, not at the end
     common = dict(n_boot=args.boot, seed=args.seed)
     if args.source == PAPER and not Path(args.source).exists():
         if args.overlay_paper:
@@ -88,6 +109,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
         out = figures.render_paper(args.output, metric=args.metric, compute=args.compute or "core_days", **common)
     else:
         df, summary = load_source(args.source)
+        for path, why in summary.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        for line in summary.warnings:
+            print(f"warning: {line}", file=sys.stderr)
         out = figures.render(df, args.output, metric=args.metric, k=args.k, dataset=args.dataset,
                              compute=args.compute or "flops", overlay_paper=args.overlay_paper,
                              summary=summary, best_over=args.best_over or (), select=args.select, **common)
@@ -111,8 +136,9 @@ def register(subparsers) -> None:
                               description="Read every result.json under the given runs directories (recursively), "
                                           "or a W&B project's run summaries, into one table, one row per run.")
     c.add_argument("runs_dirs", nargs="*", metavar="runs_dir", help="directories searched for result.json")
-    c.add_argument("-o", "--output", default="results.parquet", help="parquet file to write (default results.parquet)")
-    c.add_argument("--csv", help="also write the table as CSV here")
+    c.add_argument("-o", "--output", default="results.parquet",
+                   help="table to write: parquet for a .parquet name, CSV for .csv (default results.parquet)")
+    c.add_argument("--csv", help="also write the table as CSV here (a .csv name)")
     c.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from this W&B project (summaries only)")
     c.add_argument("--group", help="with --wandb: only runs of this W&B group (the study)")
     c.set_defaults(fn=cmd_collect)

@@ -57,7 +57,8 @@ from .aggregate import MEASURED, Selection, choose, differing_keys, format_value
 from .findings import Findings, study_findings  # noqa: E402
 from .fits import PowerLawFit, fit_power_law, fits_table, loglog_slope  # noqa: E402
 from .results import (  # noqa: E402
-    REQUIRED_COLUMNS, Summary, config_columns, done_runs, fewshot_column, fewshot_datasets, parse_fewshot_column,
+    REQUIRED_COLUMNS, Summary, accuracy_columns, clean_table, config_columns, done_runs, fewshot_column,
+    fewshot_columns, fewshot_datasets, parse_fewshot_column,
 )
 
 FAMILIES = {  # colour, marker, display name, colormap for per-model shades
@@ -173,8 +174,38 @@ def resolve_metric(df: pd.DataFrame, metric: str | None, k: int | None, dataset:
         raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join([*METRICS, *extra])} "
                         f"or a fewshot_<dataset>_<k> column")
     if column not in df.columns or not df[column].notna().any():
-        raise UserError(f"metric {column} has no values in the {len(df)} finished runs")
+        have = metrics_with_values(df)
+        raise UserError(f"metric {column} has no values in the {len(df)} finished runs; choose another with "
+                        f"--metric: {', '.join(have) if have else 'none has values'}")
     return Metric(column, label)
+
+
+def metrics_with_values(df: pd.DataFrame) -> list[str]:
+    """The accuracy columns (``--metric`` values) that have at least one value in ``df``."""
+    return [c for c in accuracy_columns(df) if c != "select_top1" and pd.to_numeric(df[c], errors="coerce").notna().any()]
+
+
+def default_scaling_metric(df: pd.DataFrame, k: int | None, dataset: str | None) -> tuple[str | None, str]:
+    """What the data-scaling figure draws when no ``--metric`` is given, and a note when it is not the
+    usual default: ``fewshot`` (k-shot on ``dataset``, default the first few-shot set, k=5) when that has
+    values; else (no ``--dataset``/``--k`` asked) the first few-shot set whose k-shot column has values,
+    then any few-shot column with values, then ``val_top1`` — an all-empty few-shot column (an evaluation
+    that did not run) is never the default."""
+    if not fewshot_datasets(df):
+        return "val_top1", ""
+    if dataset is not None or k is not None:
+        return "fewshot", ""  # asked for: resolve_metric says what is wrong with it
+    usual = fewshot_column(fewshot_datasets(df)[0], DEFAULT_K)
+    have = set(metrics_with_values(df))
+    if usual in have:
+        return "fewshot", ""
+    shots = [c for c in fewshot_columns(df) if c in have]
+    preferred = [c for c in shots if parse_fewshot_column(c)[1] == DEFAULT_K] or shots
+    chosen = preferred[0] if preferred else ("val_top1" if "val_top1" in have else None)
+    if chosen is None:
+        return "fewshot", ""  # nothing has values: resolve_metric names --metric and says so
+    return chosen, (f"data scaling: {usual} has no values in the {len(df)} finished runs; drawn with {chosen} "
+                    f"instead (choose with --metric)")
 
 
 def _require(df: pd.DataFrame, column: str, what: str, hint: str = "") -> None:
@@ -577,6 +608,7 @@ class Study:
     fits: dict[str, PowerLawFit]
     hints: list[str]
     findings: Findings
+    notes: list[str] = field(default_factory=list)  # what cleaning dropped, a metric fallen back from
 
 
 def study(df: pd.DataFrame, *, metric: str | None = None, k: int | None = None, dataset: str | None = None,
@@ -587,10 +619,12 @@ def study(df: pd.DataFrame, *, metric: str | None = None, k: int | None = None, 
         raise UserError(f"unknown compute axis {compute!r}; choose one of: {', '.join(COMPUTE_AXES)}")
     if n_boot < 0:
         raise UserError(f"--boot {n_boot} is negative; give a number of bootstrap resamples >= 0")
+    df, notes = clean_table(df)  # one row per run id, accuracies in [0, 1] (a no-op on a collected table)
     done = _check_table(df, summary)
     pareto_metric = resolve_metric(done, metric, k, dataset)
-    scaling_default = "fewshot" if fewshot_datasets(done) else "val_top1"
+    scaling_default, fallback = default_scaling_metric(done, k, dataset) if metric is None else ("fewshot", "")
     scaling_metric = resolve_metric(done, metric, k, dataset, default=scaling_default)
+    notes += [fallback] if fallback else []
     choice = dict(best_over=tuple(best_over), select=select, level=level)
     (pc, pc_runs, xlabel, cfit), (pt, tlabel), psel, hints = _pareto_pair(done, pareto_metric, compute, n_boot,
                                                                           seed, **choice)
@@ -603,7 +637,7 @@ def study(df: pd.DataFrame, *, metric: str | None = None, k: int | None = None, 
                            throughput=pt, pareto_metric=pareto_metric.column, compute_axis=COMPUTE_AXES[compute][0],
                            aggregation=ssel.note, n_boot=n_boot, level=level, seed=seed)
     return Study(done, pareto_metric, scaling_metric, compute, pc, pc_runs, xlabel, cfit, pt, tlabel, psel, x_col,
-                 x_label, agg, scaling_runs, ssel, fits, list(dict.fromkeys(hints + scaling_hints)), found)
+                 x_label, agg, scaling_runs, ssel, fits, list(dict.fromkeys(hints + scaling_hints)), found, notes)
 
 
 def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
@@ -634,9 +668,10 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         (ppc, _, pxlabel, pfit), (ppt, ptlabel), _, _ = _pareto_pair(
             paper, pm, "core_days", n_boot, seed, throughput_label="inference throughput (img/s/core)")
 
+    df = clean_table(df)[0]  # as study() counted it
     n_skipped = len(df) - len(done)
     note = f" ({len(done)} finished runs" + (f"; {n_skipped} not finished, left out)" if n_skipped else ")")
-    lines = [(summary or Summary.of_table(df)).line + f"; figures use the {len(done)} done runs"]
+    lines = [(summary or Summary.of_table(df)).line + f"; figures use the {len(done)} done runs", *st.notes]
     files: list[str] = []
     with _rendering(out_dir) as tmp:
         fig, ax = plt.subplots(figsize=(6.4, 4.8))

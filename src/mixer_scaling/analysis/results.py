@@ -48,6 +48,14 @@ runs, the paper's tables) has no config columns; :func:`config_columns` lists a 
 Accuracies are fractions everywhere (the paper's percentages are divided by 100 in
 :mod:`mixer_scaling.analysis.reference`). Runs that are not ``done`` stay in the table with their
 status; :func:`done_runs` is what figures use, and :class:`Summary` says how many were left out.
+
+**Cleaning** (:func:`clean_table`, applied by :func:`collect`, by ``figures`` to a table it reads and by
+:func:`mixer_scaling.analysis.figures.study`): one row per run id — a run collected twice (a backup copy
+of a runs directory beside the original) is one run, never an extra seed; the row kept is the most
+finished one (``done`` before ``interrupted``, ``running``, ``failed``), the first seen among equals.
+An accuracy outside [0, 1] (``val_top1``, ``select_top1``, a few-shot column: a percentage written as
+85.0, a sign flipped) is not a fraction: the value is dropped (made empty) and the rest of its run kept.
+Each of the two says what it dropped in one warning line (:attr:`Summary.warnings`).
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..errors import CorruptFile, UserError, one_line
@@ -106,6 +115,7 @@ class Summary:
     interrupted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
     finetunes: int = 0  # fine-tune records (result.json with a parent_run_id): not pre-training results
+    warnings: list[str] = field(default_factory=list)  # what cleaning dropped (clean_table), one line each
 
     @property
     def total(self) -> int:
@@ -208,6 +218,38 @@ def config_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if isinstance(c, str) and "." in c and not c.startswith(CHOSEN_PREFIX)]
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else an empty one (a damaged record's field of the wrong type)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+#: Fields of a record that must be JSON objects when present (null counts as absent), and the objects
+#: inside them that must be too: what a row and ``sweep status`` read with ``.get``.
+MAPPING_FIELDS = ("metrics", "metrics.fewshot", "config", "config.data", "error")
+
+
+def record_problem(rec: Mapping[str, Any]) -> str:
+    """What makes a parsed record unusable as a row ('' when nothing): a field of :data:`MAPPING_FIELDS`
+    that is not an object (``"metrics": [1, 2]``, ``"config": "lr=1"``), or a few-shot entry that is not
+    an object of k → accuracy."""
+    for dotted in MAPPING_FIELDS:
+        node: Any = rec
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None and not isinstance(node, Mapping):
+            return f"field {dotted} is a JSON {_json_kind(node)}, not an object"
+    fewshot = _mapping(_mapping(rec.get("metrics")).get("fewshot"))
+    for dataset, per_k in fewshot.items():
+        if per_k is not None and not isinstance(per_k, Mapping):
+            return f"field metrics.fewshot.{dataset} is a JSON {_json_kind(per_k)}, not an object of k → accuracy"
+    return ""
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value),
+                                                                                              type(value).__name__)
+
+
 def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """One table row from one ``result.json`` record (missing fields become NaN/None)."""
     row: dict[str, Any] = {
@@ -229,18 +271,18 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
         "study": rec.get("study"),
         "run_dir": str(run_dir) if run_dir is not None else rec.get("run_dir"),
         # data.permutation of the run (paper Fig. 4); runs without one saw the original images
-        "permutation": ((rec.get("config") or {}).get("data") or {}).get("permutation") or "original",
+        "permutation": _mapping(_mapping(rec.get("config")).get("data")).get("permutation") or "original",
     }
     row["pretrain_flops"] = pretrain_flops(row["flops_per_image"], row["examples_seen"])
     if math.isnan(row["epochs"]) and _num(row["train_size"]) > 0:
         row["epochs"] = _num(row["examples_seen"]) / _num(row["train_size"])
-    metrics = rec.get("metrics") or {}
+    metrics = _mapping(rec.get("metrics"))
     row["val_top1"] = _num(metrics.get("val_top1"))
     row["select_top1"] = _num(metrics.get("select_top1"))
     row["best_step"] = rec.get("best_step")
     row["precision"] = rec.get("precision")
-    for dataset, per_k in (metrics.get("fewshot") or {}).items():
-        for k, acc in (per_k or {}).items():
+    for dataset, per_k in _mapping(metrics.get("fewshot")).items():
+        for k, acc in _mapping(per_k).items():
             if str(k).isdigit():
                 row[fewshot_column(dataset, k)] = _num(acc)
     row.update(config_row(rec.get("config")))
@@ -309,9 +351,17 @@ def find_records(roots: Iterable[str | os.PathLike]) -> list[Path]:
     found: dict[Path, None] = {}
     for root in roots:
         root = Path(root)
-        if not root.exists():
+        try:
+            exists = root.exists()
+        except OSError as exc:  # a name over 255 bytes, a folder on the way that cannot be entered
+            raise UserError(f"runs directory {root} cannot be read ({exc.strerror or exc}); expected a folder of "
+                            f"run directories (<runs_dir>/<run_id>/{RESULT_FILE})") from None
+        if not exists:
             raise UserError(f"runs directory {root} does not exist; expected a folder of run directories "
                             f"(<runs_dir>/<run_id>/{RESULT_FILE})")
+        if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+            raise UserError(f"runs directory {root} cannot be read (permission denied); expected a folder of "
+                            f"run directories this user can read")
         if root.is_file():
             if root.name != RESULT_FILE:
                 raise UserError(f"{root} is a file, not a runs directory or a {RESULT_FILE}")
@@ -344,6 +394,9 @@ def _load(path: Path) -> tuple[dict | None, str]:
         return None, f"missing required field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
     if rec.get("status") not in STATUSES:
         return None, f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}"
+    problem = record_problem(rec)
+    if problem:
+        return None, problem
     return rec, ""
 
 
@@ -352,9 +405,12 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike], *,
     """Read every ``result.json`` under ``roots`` into one table, and count what was read.
 
     Every readable record becomes a row, whatever its status; a record that cannot be used (unreadable,
-    truncated or half-written JSON, not an object, no known status, no model) is skipped, listed in
-    ``Summary.skipped`` with what is wrong and (``warn``) logged as a warning. Raises
-    :class:`UserError` when a root is missing or no usable record is found at all.
+    truncated or half-written JSON, not an object, no known status, no model, a ``metrics``/``config``/
+    ``error`` field that is not an object: :func:`record_problem`) is skipped, listed in
+    ``Summary.skipped`` with what is wrong and (``warn``) logged as a warning. The table is then
+    cleaned (:func:`clean_table`: one row per run id, accuracies outside [0, 1] dropped), its warnings
+    in ``Summary.warnings`` (and logged with ``warn``). Raises :class:`UserError` when a root is missing,
+    is not readable, or no usable record is found at all.
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -382,9 +438,73 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike], *,
         first = f"; first: {summary.skipped[0][0]}: {summary.skipped[0][1]}" if summary.skipped else ""
         raise UserError(f"no pre-training records under {where} ({summary.finetunes} fine-tune records, "
                         f"{len(summary.skipped)} unreadable{first})")
-    df = to_frame(rows)
+    df, summary.warnings = clean_table(to_frame(rows))
+    if warn:
+        for line in summary.warnings:
+            log.warning("%s", line)
+    if len(df) < len(rows):  # duplicates of one run: count each run once
+        summary.done, summary.failed, summary.running, summary.interrupted = 0, 0, 0, 0
+        for status in df["status"].dropna():
+            summary.count(status)
     return df.sort_values(["family", "model", "fraction", "seed", "run_id"], na_position="last",
                           kind="stable").reset_index(drop=True), summary
+
+
+#: Status order when one run id has several rows: the most finished row is kept.
+_STATUS_RANK = {DONE: 0, INTERRUPTED: 1, RUNNING: 2, FAILED: 3}
+ACCURACY_COLUMNS = ("val_top1", "select_top1", "real_top1", "avg5", "vtab1k")
+
+
+def accuracy_columns(df: pd.DataFrame) -> list[str]:
+    """The table's accuracy columns (fractions in [0, 1]): val/select top-1 and the few-shot columns."""
+    return [c for c in ACCURACY_COLUMNS if c in df.columns] + fewshot_columns(df)
+
+
+def clean_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run id, and no accuracy outside [0, 1]; returns the cleaned table and one warning
+    line per kind of thing dropped (none when the table was clean).
+
+    * Rows sharing a run id (a runs directory and its backup copy collected together, or one table
+      concatenated twice) are one run: the most finished row is kept (``done``, then ``interrupted``,
+      ``running``, ``failed``; the first seen among equals). Rows without a run id are all kept.
+    * An accuracy value outside [0, 1] is dropped (made empty): the table holds fractions, so 85.0 (a
+      percentage) or -0.2 cannot be one. The run's other values are kept.
+    """
+    warnings: list[str] = []
+    if "run_id" in df.columns and df["run_id"].notna().any():
+        ids = df["run_id"]
+        dup = ids.notna() & ids.duplicated(keep=False)
+        if dup.any():
+            df = df.reset_index(drop=True)
+            ids = df["run_id"]
+            rank = (df["status"].map(_STATUS_RANK).astype("float64").fillna(len(_STATUS_RANK)).to_numpy()
+                    if "status" in df.columns else np.zeros(len(df)))
+            order = np.lexsort((np.arange(len(df)), rank))  # most finished first, then first seen
+            ordered = ids.iloc[order]
+            extra = order[(ordered.notna() & ordered.duplicated(keep="first")).to_numpy()]
+            n_ids = int(ids[ids.notna() & ids.duplicated(keep=False)].nunique())
+            df = df.drop(index=extra)
+            drop = extra
+            warnings.append(f"dropped {len(drop)} duplicate row{'s' if len(drop) != 1 else ''} of "
+                            f"{n_ids} run id{'s' if n_ids != 1 else ''} seen more than once (a runs directory "
+                            f"collected twice, e.g. with a backup copy?): each run counts once, never as an "
+                            f"extra seed")
+    bad: dict[str, int] = {}
+    cols = accuracy_columns(df)
+    if cols:
+        df = df.copy()
+        for col in cols:
+            values = pd.to_numeric(df[col], errors="coerce")
+            outside = values.notna() & ~values.between(0.0, 1.0)
+            if outside.any():
+                bad[col] = int(outside.sum())
+                df[col] = values.mask(outside).astype("float64")
+    if bad:
+        n = sum(bad.values())
+        warnings.append(f"dropped {n} accurac{'ies' if n != 1 else 'y'} outside [0, 1] ("
+                        + ", ".join(f"{c}: {k}" for c, k in bad.items())
+                        + "): accuracies are fractions, so these are not (a percentage?); their runs are kept")
+    return df.reset_index(drop=True), warnings
 
 
 def done_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -396,16 +516,24 @@ def done_runs(df: pd.DataFrame) -> pd.DataFrame:
 # Files
 
 
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "CSV"}
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike, csv: str | os.PathLike | None = None) -> list[Path]:
-    """Write the table as parquet to ``path`` (and as CSV to ``csv``); returns the paths written.
+    """Write the table to ``path`` in the format its name says (``.parquet`` or ``.csv``; another ending
+    is a :class:`UserError`), and as CSV to ``csv`` too when given; returns the paths written.
 
     Each file is written to a temp name and renamed, so a reader never sees half a table.
     """
+    writers = {".parquet": lambda p: df.to_parquet(p, index=False), ".csv": lambda p: df.to_csv(p, index=False)}
+    targets = [(path, Path(path).suffix.lower())] + ([(csv, ".csv")] if csv is not None else [])
+    for target, kind in targets:
+        if kind not in writers:
+            raise UserError(f"{target}: a table is written as .parquet or .csv, chosen by the file name's ending; "
+                            f"allowed: a name ending in .parquet or .csv")
     written = []
-    for target, writer in ((path, lambda p: df.to_parquet(p, index=False)),
-                           (csv, lambda p: df.to_csv(p, index=False))):
-        if target is None:
-            continue
+    for target, kind in targets:
+        writer = writers[kind]
         target = Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -710,7 +838,7 @@ def write_records(records: Iterable[Mapping[str, Any]], runs_dir: str | os.PathL
 
 __all__ = [
     "CHOSEN_PREFIX", "COLUMNS", "CONFIG_PREFIX", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect",
-    "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "fewshot_column", "fewshot_columns",
+    "clean_table", "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "record_problem", "fewshot_column", "fewshot_columns",
     "fewshot_datasets", "find_records", "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record",
     "row_from_wandb", "synthetic_records", "to_frame", "write_records", "write_table",
 ]
