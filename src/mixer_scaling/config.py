@@ -403,19 +403,24 @@ def _strings(node, key: str = ""):
 
 
 def check_no_secrets(node, prefix: str = "") -> None:
-    """ConfigError naming the first key whose resolved value is, or holds, the value of a secret environment
-    variable (``study=${oc.env:WANDB_API_KEY}``): the config is written to result.json, config.yaml, W&B,
-    the results table and submitit's pickle. The message names the key and the variable, never the value."""
+    """ConfigError when a resolved value is, or holds, the value of a secret environment variable (e.g.
+    ``study=${oc.env:WANDB_API_KEY}``): a config is written to result.json, config.yaml, W&B, the results
+    table and submitit's files. The one line names the keys (the shallowest first: the one a user sets,
+    then those that follow it, like ``wandb.group: ${study}``) and the variable, never the value."""
     secrets = secret_values()
     if not secrets:
         return
+    found: dict[str, list[str]] = {}
     for key, value in _strings(node, prefix):
         for name, secret in secrets.items():
             if value == secret or (len(secret) >= SECRET_MIN_CONTAINED and secret in value):
-                raise ConfigError(f"{key} is not allowed: its resolved value holds the value of the secret environment "
-                                  f"variable {name} (an interpolation such as ${{oc.env:{name}}}?); configs are "
-                                  f"written to result.json, config.yaml, W&B and the results table, so a secret "
-                                  f"stays in the environment: remove it from {key}")
+                found.setdefault(name, []).append(key)
+    for name, keys in found.items():
+        keys = sorted(keys, key=lambda k: (k.count(".") + k.count("["), keys.index(k)))
+        also = f" (and so does {', '.join(keys[1:])})" if len(keys) > 1 else ""
+        raise ConfigError(f"{keys[0]} holds the value of the secret environment variable {name}{also}, e.g. through "
+                          f"${{oc.env:{name}}}; not allowed: a config is written to result.json, config.yaml, W&B "
+                          f"and the results table, and a secret stays in the environment")
 
 
 def check_runs_dir(runs_dir) -> None:
@@ -504,8 +509,12 @@ def check_overrides(argv: Iterable[str]) -> int:
         check_launcher(overrides)
     cells = grid(overrides) if multirun else [overrides]
     memo: set = set()
+    from .records import run_id_of
+
     for cfg in compose_many(cells):
-        validate(cfg, OmegaConf.to_container(cfg, resolve=True), memo)
+        tree = OmegaConf.to_container(cfg, resolve=True)
+        validate(cfg, tree, memo)
+        run_id_of(tree)  # a data folder's fingerprint (its split folders listed): the same one-line errors
         if multirun and ("writable", str(cfg.runs_dir)) not in memo:  # Hydra writes its files under runs_dir
             check_writable(Path(str(cfg.runs_dir)) / ".multirun", cfg.runs_dir)
             memo.add(("writable", str(cfg.runs_dir)))
@@ -527,10 +536,29 @@ def check_launcher(overrides: Sequence[str]) -> DictConfig:
     if launcher and launcher[-1] in SUBMITIT_LAUNCHERS:
         try:
             node = OmegaConf.to_container(hydra_cfg.launcher, resolve=True)
-        except Exception:  # parts resolve only inside the running app; their values are not ours to check
-            node = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+        except Exception:  # parts resolve only inside the running app: those stay as written, the rest resolved
+            node = _resolve_leaves(hydra_cfg.launcher)
         check_launcher_values(node)
     return hydra_cfg
+
+
+def _resolve_leaves(node):
+    """A config as plain data, each value resolved where it can be here and left as written where it cannot
+    (``${hydra.sweep.dir}`` resolves only inside a running app; ``${oc.env:...}`` does here)."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    out = [] if isinstance(node, ListConfig) else {}
+    for k in keys:
+        try:
+            value = node[k]
+        except Exception:
+            value = node._get_node(k)._value()
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = None if value._is_none() else _resolve_leaves(value)
+        if isinstance(out, list):
+            out.append(value)
+        else:
+            out[k] = value
+    return out
 
 
 # Launcher values that must be whole numbers at least this large (hydra-submitit-launcher's schema types them).

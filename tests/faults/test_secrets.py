@@ -7,8 +7,10 @@ all write under one temporary folder (W&B's config, cache and data folders too).
 file there, and everything printed, is searched for the key: as text, as UTF-16, in base64 at each of
 the three alignments, and in the ``api:<key>`` form of HTTP basic auth.
 
-No config key carries a key (there is no ``wandb.api_key``; the W&B client reads the environment), so
-there is no override to test.
+No config key carries a key (there is no ``wandb.api_key``; the W&B client reads the environment), but an
+interpolation can reach one: ``'study=${oc.env:WANDB_API_KEY}'`` would put the key into every file a run
+writes. Such a config is refused when it is composed (one line naming the key and the variable, never the
+value; exit 2; nothing created), by every entry point, in real processes (the tests at the end).
 """
 
 from __future__ import annotations
@@ -101,3 +103,79 @@ def test_the_sbatch_script_holds_no_key(tmp_path, monkeypatch):
         (tmp_path / f"{preset}.sbatch").write_text(launch.sbatch_script(ex, len(cells)))
     assert "#SBATCH --array=0-1" in (tmp_path / "cpu.sbatch").read_text()
     assert leaks(tmp_path, KEY) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# A secret reached through an interpolation (issue 16, item 4): refused at compose time
+# ---------------------------------------------------------------------------------------------
+
+OTHER_SECRET = f"hf_{random.Random(7).getrandbits(128):032x}"  # a token under another secret name
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"dir" for p in sorted(folder.rglob("*"))}
+
+
+def _refused(tmp_path: Path, args: list[str], key: str, variable: str = "WANDB_API_KEY", secret: str = KEY) -> None:
+    """``python <args>`` in a real process with the secrets in its environment: exit 2, one line naming
+    ``key`` and the variable, the secret in no output and no file, nothing created."""
+    import os
+    import subprocess
+
+    (tmp_path / "keep.txt").write_text("a file that was here before\n")
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "WANDB_API_KEY": KEY, "HF_TOKEN": OTHER_SECRET, "WANDB_MODE": "offline",
+           "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr, lines
+    assert lines[0].startswith(f"error: {key} holds the value of the secret environment variable {variable}"), lines
+    assert _snapshot(tmp_path) == before  # no runs/, multirun/, wandb/, .sweeps manifest, nothing changed
+    printed = tmp_path.parent / f"{tmp_path.name}-printed"
+    printed.mkdir(exist_ok=True)
+    (printed / "output.txt").write_text(proc.stdout + proc.stderr)
+    assert leaks(printed, secret) == [] and leaks(tmp_path, secret) == []
+
+
+RUN_ARGS = ["-m", "mixer_scaling.train", *RUN, "wandb.mode=offline", "runs_dir=runs"]
+
+
+def test_a_secret_interpolated_into_a_value_is_refused_by_train(tmp_path):
+    _refused(tmp_path, [*RUN_ARGS, "study=${oc.env:WANDB_API_KEY}"], "study")
+
+
+def test_a_value_containing_a_secret_is_refused(tmp_path):
+    """Inside a longer string, in a list (W&B tags are uploaded), under another secret name."""
+    _refused(tmp_path, [*RUN_ARGS, "wandb.tags=[x,key-${oc.env:WANDB_API_KEY}-end]"], "wandb.tags[1]")
+    _refused(tmp_path, [*RUN_ARGS, "+note=${oc.env:HF_TOKEN}"], "note", "HF_TOKEN", OTHER_SECRET)
+
+
+def test_a_secret_is_refused_by_hydra_multirun_and_sweep_launch(tmp_path):
+    _refused(tmp_path, ["-m", "mixer_scaling.train", "-m", "+sweep=smoke", "runs_dir=runs",
+                        "study=${oc.env:WANDB_API_KEY}"], "study")
+    _refused(tmp_path, ["-m", "mixer_scaling.cli", "sweep", "launch", "smoke", "runs_dir=runs", "--executor", "local",
+                        "study=${oc.env:WANDB_API_KEY}"], "study")
+
+
+def test_a_secret_in_a_launcher_setting_is_refused(tmp_path):
+    """What submitit writes into the sbatch script and its pickles."""
+    _refused(tmp_path, ["-m", "mixer_scaling.train", "-m", "+sweep=smoke", "runs_dir=runs", "hydra/launcher=slurm",
+                        "hydra.launcher.setup=['export K=${oc.env:WANDB_API_KEY}']"], "hydra.launcher.setup[0]")
+
+
+def test_ordinary_environment_values_are_not_secrets(monkeypatch):
+    """Only the secret names count, and a short value must match a whole value, not a part of one."""
+    from mixer_scaling.config import check_no_secrets, compose, secret_values, validate
+
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("MY_PROJECT", "jft-study")
+    monkeypatch.setenv("GITHUB_TOKEN", "0")  # too short to search inside other values
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # not a secret's name
+    assert set(secret_values()) >= {"WANDB_API_KEY", "GITHUB_TOKEN"}
+    assert "MY_PROJECT" not in secret_values() and "TOKENIZERS_PARALLELISM" not in secret_values()
+    validate(compose(["study=${oc.env:MY_PROJECT}", "seed=10", "runs_dir=/tmp/runs0"]))
+    check_no_secrets({"study": "x0y", "seed": 0})
+    with pytest.raises(Exception, match=r"^study holds the value of the secret environment variable GITHUB_TOKEN"):
+        check_no_secrets({"study": "0"})

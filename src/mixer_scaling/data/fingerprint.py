@@ -19,21 +19,26 @@ user's files, the identity holds a fingerprint of the files instead of the path 
   data set is its name: no fingerprint either.
 
 A fingerprint is computed once per process per tree (a sweep of a thousand cells on one tree walks it
-once); the cache is keyed by the modification times of the split and class folders, so a file added or
-removed meanwhile is seen.
+once). A process that lives on (a notebook) re-checks a cached one after :data:`RECHECK_S` seconds by the
+modification times of the split and class folders, so a file added, removed or renamed meanwhile is seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DataError
 
 DIGEST_CHARS = 16  # hex digits of the SHA-256 kept: what the run id holds
-_CACHE: dict[tuple, dict] = {}
+#: A cached fingerprint is used as it is for this long; after that, the modification times of its split
+#: and class folders are compared (a file added, removed or renamed changes them) and the tree walked
+#: again only if they changed.
+RECHECK_S = 30.0
+_CACHE: dict[tuple, tuple] = {}  # (real root, splits) -> (checked at, folder modification times, fingerprint)
 
 
 def _extensions() -> tuple[str, ...]:
@@ -93,10 +98,15 @@ def image_folder_fingerprint(root: Any, splits: Mapping[str, str], key: str = "d
         if not (root_path / folder).is_dir():
             raise DataError(f"{key}.root={str(root)!r} has no {folder}/ folder; expected "
                             f"{root_path}/{folder}/<class>/<image>")
-    cache_key = (os.path.realpath(root_path), tuple(splits.items()),
-                 tuple(_split_key(root_path / folder) for folder in splits.values()))
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
+    cache_key = (os.path.realpath(root_path), tuple(splits.items()))
+    cached = _CACHE.get(cache_key)
+    now = time.monotonic()
+    if cached and now - cached[0] < RECHECK_S:
+        return cached[2]
+    folders = tuple(_split_key(root_path / folder) for folder in splits.values())
+    if cached and cached[1] == folders:
+        _CACHE[cache_key] = (now, folders, cached[2])
+        return cached[2]
     h, parts, extensions = hashlib.sha256(b"imagefolder-v1\0"), {}, _extensions()
     for role, folder in splits.items():
         h.update(f"split\0{role}\0".encode())
@@ -105,7 +115,7 @@ def image_folder_fingerprint(root: Any, splits: Mapping[str, str], key: str = "d
         except OSError as exc:
             raise DataError(f"{key}.root={str(root)!r}: cannot list {folder}/ ({exc.strerror or exc})") from None
     fp = {"kind": "imagefolder", "digest": h.hexdigest()[:DIGEST_CHARS], "splits": parts}
-    _CACHE[cache_key] = fp
+    _CACHE[cache_key] = (now, folders, fp)
     return fp
 
 
