@@ -159,6 +159,12 @@ CASES = [
     Case("config-type", "config", "train", (*TRAIN, "train.batch_size=abc"),
          ("train.batch_size='abc'", "integer > 0")),
     Case("config-unknown-recipe", "config", "train", (*TRAIN, "train=jft300m"), ("train=", "jft300m", "cpu, finetune")),
+    Case("config-unquoted-non-ascii", "config", "train", (*IMAGEFOLDER, "data.root={tmp}/données"),
+         ("invalid override", "données", "'é'", "quote the value", "data.root='")),
+    Case("config-runs-dir-name-too-long", "config", "train", (*TRAIN, "runs_dir={tmp}/" + "r" * 300),
+         ("runs_dir=", "300 bytes", "at most 255 bytes")),
+    Case("config-runs-dir-a-file", "config", "train", (*TRAIN, "runs_dir={tmp}/results.csv/runs"),
+         ("runs_dir=", "results.csv", "is not a folder")),
     # --- command-line arguments of mixer-scaling ------------------------------------------------
     Case("cli-unknown-command", "cli", "cli", ("frobnicate",), ("'frobnicate'", "models", "collect"), argparse=True),
     Case("cli-unknown-flag", "cli", "cli", ("collect", "{runs}", "--frobnicate"), ("--frobnicate",), argparse=True),
