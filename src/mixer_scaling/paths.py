@@ -33,6 +33,8 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 
 def _named(arg: str, value: str) -> str:
     """``runs_dir=/x`` for a config key, ``collect -o /x`` for a command-line option."""
+    if len(value) > 120:  # a name over 255 bytes: enough of it to recognise, on one readable line
+        value = f"{value[:60]}…{value[-30:]}"
     return f"{arg} {value}" if arg.startswith("-") or " " in arg else f"{arg}={value}"
 
 

@@ -91,6 +91,23 @@ def corrupt_runs(tmp: Path) -> None:
         (tmp / "broken_runs" / name / "result.json").write_text(text)
 
 
+def folder_named_parquet(tmp: Path) -> None:
+    (tmp / "old.parquet").mkdir()
+
+
+def empty_fewshot_table(tmp: Path) -> None:
+    """A results table whose few-shot columns are all empty (the few-shot evaluation never ran)."""
+    recs = synthetic_records(28, seed=3)
+    for rec in recs:
+        rec["metrics"].pop("fewshot", None)
+    df = to_frame([row_from_record(r) for r in recs])
+    df["fewshot_digits_5"] = float("nan")
+    write_table(df, tmp / "noshots.parquet")
+
+
+LONG = "x" * 300  # a file or folder name over the 255 bytes every Linux file system allows
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Path:
     return make_world(tmp_path)
@@ -274,6 +291,39 @@ CASES = [
          ("cannot read results table", "notes.csv", "as CSV", ".parquet or .csv"), setup=bad_tables),
     Case("table-bad-metric", "table", "cli", ("figures", "{tmp}/results.parquet", "-o", "{tmp}/figs",
                                               "--metric", "top5"), ("'top5'", "val_top1")),
+    # --- where results are written: checked before any work -------------------------------------------
+    Case("table-collect-output-suffix", "table", "cli", ("collect", "{runs}", "-o", "{tmp}/results.txt"),
+         ("collect -o", "results.txt", ".parquet or .csv")),
+    Case("table-collect-csv-suffix", "table", "cli", ("collect", "{runs}", "--csv", "{tmp}/copy.parquet"),
+         ("collect --csv", "copy.parquet", "ending in .csv")),
+    Case("table-collect-output-folder", "table", "cli", ("collect", "{runs}", "-o", "{tmp}/old.parquet"),
+         ("collect -o", "old.parquet", "it is a folder", "a file path"), setup=folder_named_parquet),
+    Case("table-collect-output-under-file", "table", "cli",
+         ("collect", "{runs}", "-o", "{tmp}/results.parquet/x.parquet"),
+         ("collect -o", "results.parquet/x.parquet", "is a file, not a folder")),
+    Case("table-collect-long-name", "table", "cli", ("collect", "{runs}", "-o", f"{{tmp}}/{LONG}.parquet"),
+         ("collect -o", "308 bytes long", "at most 255 bytes")),
+    Case("table-collect-long-runs-dir", "table", "cli", ("collect", f"{{tmp}}/{LONG}", "-o", "{tmp}/t.parquet"),
+         ("runs directory", "cannot be read", "File name too long")),
+    Case("table-figures-output-file", "table", "cli", ("figures", "{tmp}/results.parquet", "-o", "{tmp}/results.csv"),
+         ("figures -o", "results.csv", "it is a file, not a folder")),
+    Case("table-figures-output-under-file", "table", "cli",
+         ("figures", "{tmp}/results.parquet", "-o", "{tmp}/results.csv/figs"),
+         ("figures -o", "results.csv/figs", "is a file, not a folder")),
+    Case("table-figures-long-name", "table", "cli", ("figures", "{tmp}/results.parquet", "-o", f"{{tmp}}/{LONG}"),
+         ("figures -o", "300 bytes long", "at most 255 bytes")),
+    Case("table-empty-metric", "table", "cli", ("figures", "{tmp}/noshots.parquet", "-o", "{tmp}/figs",
+                                                "--metric", "fewshot_digits_5"),
+         ("fewshot_digits_5 has no values", "--metric", "val_top1"), setup=empty_fewshot_table),
+    Case("launcher-runs-dir-percent", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={tmp}/runs_%j", "--executor",
+                                                          "slurm", "--dry-run"),
+         ("runs_dir=", "runs_%j", "'%'", "SLURM", "without '%'")),
+    Case("launcher-runs-dir-under-file", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={tmp}/results.csv/runs",
+                                                             "--executor", "local"),
+         ("runs_dir=", "results.csv", "not a folder")),
+    Case("launcher-runs-dir-long-name", "launcher", "cli", (*LAUNCH, "smoke", f"runs_dir={{tmp}}/{LONG}",
+                                                            "--executor", "local"),
+         ("runs_dir=", "255")),
 ]
 BY_ID = {c.id: c for c in CASES}
 

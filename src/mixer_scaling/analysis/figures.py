@@ -204,8 +204,8 @@ def default_scaling_metric(df: pd.DataFrame, k: int | None, dataset: str | None)
     chosen = preferred[0] if preferred else ("val_top1" if "val_top1" in have else None)
     if chosen is None:
         return "fewshot", ""  # nothing has values: resolve_metric names --metric and says so
-    return chosen, (f"data scaling: {usual} has no values in the {len(df)} finished runs; drawn with {chosen} "
-                    f"instead (choose with --metric)")
+    why = f"has no values in the {len(df)} finished runs" if usual in df.columns else "is not in the table"
+    return chosen, f"data scaling: {usual} {why}; drawn with {chosen} instead (choose with --metric)"
 
 
 def _require(df: pd.DataFrame, column: str, what: str, hint: str = "") -> None:

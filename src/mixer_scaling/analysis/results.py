@@ -354,7 +354,8 @@ def find_records(roots: Iterable[str | os.PathLike]) -> list[Path]:
         try:
             exists = root.exists()
         except OSError as exc:  # a name over 255 bytes, a folder on the way that cannot be entered
-            raise UserError(f"runs directory {root} cannot be read ({exc.strerror or exc}); expected a folder of "
+            shown = str(root) if len(str(root)) <= 120 else f"{str(root)[:60]}…{str(root)[-30:]}"
+            raise UserError(f"runs directory {shown} cannot be read ({exc.strerror or exc}); expected a folder of "
                             f"run directories (<runs_dir>/<run_id>/{RESULT_FILE})") from None
         if not exists:
             raise UserError(f"runs directory {root} does not exist; expected a folder of run directories "
