@@ -62,6 +62,7 @@ class Tracker:
         mode = resolve_mode(wcfg.get("mode"))
         if mode == "disabled":
             return cls(None, mode)
+        quiet_without_home()
         try:
             import wandb
         except Exception as exc:
@@ -128,6 +129,17 @@ class Tracker:
             "project": getattr(run, "project", None),
             "url": getattr(run, "url", None) if self.mode == "online" else None,
         }
+
+
+def quiet_without_home() -> None:
+    """With neither ``HOME`` nor ``XDG_CACHE_HOME`` set (some batch environments), W&B's service process finds
+    no folder for its logs and prints ~20 log lines to stderr. Give it one through W&B's own
+    ``WANDB_CACHE_DIR`` (only when none is set), a per-user folder in the system's temp folder."""
+    if os.environ.get("HOME") or os.environ.get("XDG_CACHE_HOME") or os.environ.get("WANDB_CACHE_DIR"):
+        return
+    import tempfile
+
+    os.environ["WANDB_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"wandb-cache-{os.getuid()}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -131,7 +132,9 @@ def _refused(tmp_path: Path, args: list[str], key: str, variable: str = "WANDB_A
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
     assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr, lines
-    assert lines[0].startswith(f"error: {key} holds the value of the secret environment variable {variable}"), lines
+    # (sweep launch names the cell first: `error: cell model=mixer/micro ...: study holds ...`)
+    assert re.match(rf"error: (cell .*: )?{re.escape(key)} holds the value of the secret environment variable "
+                    rf"{variable}\b", lines[0]), lines
     assert _snapshot(tmp_path) == before  # no runs/, multirun/, wandb/, .sweeps manifest, nothing changed
     printed = tmp_path.parent / f"{tmp_path.name}-printed"
     printed.mkdir(exist_ok=True)
