@@ -6,7 +6,13 @@
   login node: a job's record is its run directory.
 * ``local``: the same jobs as processes on this machine, a few at a time; waits for them. A cell whose
   run directory another live process holds (:mod:`.locks`) is reported as running elsewhere, not run.
+  Ctrl-C reaches every process of the launch: the cells checkpoint, and submitit's job controllers write
+  their own stderr to ``<runs_dir>/.sweeps/logs/<sweep>/local-controllers.log`` (:data:`CONTROLLER_LOG`),
+  so the terminal shows only the command's one line (``mixer-scaling``: exit 130).
 * ``debug``: in this process, one after the other (breakpoints work); waits.
+
+Every ``runs_dir`` is checked before anything is planned or submitted (:func:`check_runs_dirs`: writable,
+no name over 255 bytes, no file on the way, no ``%`` for SLURM, which expands it in log paths).
 
 Two launches of one sweep never submit a cell twice: each decides and submits holding
 ``<runs_dir>/.sweeps/<sweep>.lock`` (:func:`launch_lock`), so the second one sees the first's submissions.
