@@ -23,9 +23,11 @@ JFT = 300_000_000
 
 @pytest.fixture
 def paper_roots(tmp_path):
-    """The paper sweeps read JFT-sized and ImageNet folders; launching checks the data folder exists."""
-    (tmp_path / "jft").mkdir()
-    (tmp_path / "imagenet").mkdir()
+    """The paper sweeps read JFT-sized and ImageNet folders; launching lists their split folders (a cell's run
+    id holds a fingerprint of the data, see mixer_scaling.data.fingerprint)."""
+    for root in ("jft", "imagenet"):
+        for split in ("train", "val"):
+            (tmp_path / root / split).mkdir(parents=True)
     return [f"data.root={tmp_path / 'jft'}", f"fewshot.root={tmp_path / 'imagenet'}"]
 
 
@@ -364,8 +366,10 @@ def test_debug_executor_runs_the_grid_records_failures_and_relaunches_only_them(
 def test_dry_run_without_slurm_shows_grid_cost_and_launcher_params(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch/srun: the script itself needs a SLURM machine
     monkeypatch.setenv("COLUMNS", "200")
-    (tmp_path / "jft").mkdir()
-    code = cli.main(["sweep", "launch", "pareto", f"data.root={tmp_path / 'jft'}", "fewshot.root=/data/imagenet",
+    for root in ("jft", "imagenet"):
+        for split in ("train", "val"):
+            (tmp_path / root / split).mkdir(parents=True, exist_ok=True)
+    code = cli.main(["sweep", "launch", "pareto", f"data.root={tmp_path / 'jft'}", f"fewshot.root={tmp_path / 'imagenet'}",
                      f"runs_dir={tmp_path / 'runs'}", "hydra.launcher.partition=gpu", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0, out
