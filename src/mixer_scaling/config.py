@@ -464,7 +464,7 @@ def check_writable(run_dir: Path, runs_dir) -> None:
                           "user can write (runs_dir=<a writable folder>)")
 
 
-def _shorten(text: str, keep: int = 40) -> str:
+def _shorten(text: str, keep: int = 16) -> str:
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
