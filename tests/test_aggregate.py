@@ -141,6 +141,31 @@ def test_runs_differing_in_any_config_key_stay_apart():
     assert len(out) == 3 and sorted(out["mean"]) == [0.3, 0.5, 0.6]
 
 
+def test_runs_of_one_config_on_two_data_trees_are_two_points_not_seeds():
+    """The data fingerprint (as in the run id) is a config column: another tree is another configuration,
+    a moved copy of the same tree (same digest) is the same one."""
+    def on(i, digest, seed, acc):
+        return {**record(i, seed=seed, acc=acc), "data_fingerprint": {"data": {"kind": "imagefolder", "digest": digest}}}
+
+    df = table([on(0, "aaaa", 0, 0.6), on(1, "aaaa", 1, 0.62), on(2, "bbbb", 0, 0.3), on(3, "bbbb", 1, 0.32)])
+    assert sorted(df["data.fingerprint"]) == ["aaaa", "aaaa", "bbbb", "bbbb"]
+    out = A.aggregate(df, "val_top1")
+    assert len(out) == 2 and (out["n_seeds"] == 2).all() and sorted(out["mean"].round(6)) == [0.31, 0.61]
+
+
+def test_compute_is_what_was_trained_not_the_budget():
+    """1,500 examples asked for at batch 1,000 train 2 whole batches: 2,000 examples, and the FLOPs of
+    2,000 (older records without ``examples_trained``: steps x batch size)."""
+    new = {**record(0), "examples_seen": 1_500, "examples_trained": 2_000, "steps": 2, "batch_size": 1_000}
+    old = {k: v for k, v in new.items() if k != "examples_trained"}
+    bare = {k: v for k, v in old.items() if k not in ("steps", "batch_size")}
+    df = table([new, old, bare])
+    assert list(df["examples_seen"]) == [1_500] * 3
+    assert list(df["examples_trained"]) == [2_000, 2_000, 1_500]
+    assert list(df["pretrain_flops"]) == [3 * 1e9 * 2_000] * 2 + [3 * 1e9 * 1_500]
+    assert df.loc[0, "epochs"] == 2_000 / 100_000
+
+
 def test_a_table_without_config_falls_back_and_says_so():
     recs = [{**record(i, seed=i, acc=0.5 + 0.01 * i, lr=lr), "config": None} for i, lr in enumerate((1e-3, 3e-3))]
     df = table(recs)

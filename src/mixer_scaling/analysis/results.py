@@ -13,10 +13,14 @@ params             parameters with the head
 flops_per_image    forward FLOPs per image (a multiply-add counts 2)
 fraction           pre-training subset as a fraction of the full data set
 train_size         examples in the pre-training subset
-examples_seen      examples processed in pre-training (steps × batch size)
-epochs             examples_seen / train_size
+examples_seen      the pre-training budget the run was configured with (``train.examples_seen``)
+examples_trained   examples actually trained on: steps × global batch (whole batches, so at least
+                   the budget); records older than this field: steps × batch size when they have
+                   them, else ``examples_seen``
+epochs             examples_trained / train_size
 seed               the run's seed
-pretrain_flops     total pre-training FLOPs = 3 × flops_per_image × examples_seen (forward + backward)
+pretrain_flops     total pre-training FLOPs = 3 × flops_per_image × examples_trained (forward + backward):
+                   what was trained, the record's ``train_flops``
 device_hours       training wall time × devices
 throughput         inference images per second (batch size swept, best kept)
 val_top1           upstream validation top-1, a fraction in [0, 1]
@@ -36,7 +40,9 @@ permutation        ``data.permutation`` of the run (``original`` when it has non
 :func:`mixer_scaling.records.identity` keeps of the record's ``config`` (paths, logging and checkpoint
 cadence, W&B settings and the like are not there), flattened with dots (``train.lr``,
 ``train.weight_decay``, ``data.name``, ``data.fraction``, ``data.image_size``, ``model.name``,
-``model.token_groups``, ``data.permutation``, ``fewshot.shots``...). Top-level keys are
+``model.token_groups``, ``data.permutation``, ``fewshot.shots``...), and for data that is a folder of
+files, as in the run id, its fingerprint (``data.fingerprint``, ``fewshot.fingerprint``) instead of its
+path, so runs of one config on two different trees are two configurations, never seeds of one. Top-level keys are
 ``config.<key>`` (``config.device``), except ``seed``, which is the ``seed`` column. Options at their
 neutral value (``data.permutation`` null, ``model.token_groups`` 1, ``data.nuisance`` 1) are not in the identity, so
 their columns are empty for such runs. Lists are JSON text (``train.betas`` = ``[0.9, 0.999]``), so
@@ -82,11 +88,11 @@ log = logging.getLogger(__name__)
 
 COLUMNS = [
     "run_id", "family", "model", "size", "patch", "params", "flops_per_image", "fraction", "train_size",
-    "examples_seen", "epochs", "seed", "pretrain_flops", "device_hours", "throughput", "val_top1",
+    "examples_seen", "examples_trained", "epochs", "seed", "pretrain_flops", "device_hours", "throughput", "val_top1",
     "select_top1", "best_step", "precision", "status", "study", "run_dir",
 ]
 TEXT_COLUMNS = ("run_id", "family", "model", "size", "precision", "status", "study", "run_dir")
-INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "seed", "best_step")
+INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "examples_trained", "seed", "best_step")
 FLOAT_COLUMNS = ("flops_per_image", "fraction", "epochs", "pretrain_flops", "device_hours", "throughput",
                  "val_top1", "select_top1")
 #: Top-level config keys other than ``seed`` become ``config.<key>`` columns.
@@ -180,6 +186,18 @@ def _num(value: Any) -> float:
     return out
 
 
+def examples_trained(rec: Mapping[str, Any], budget: Any = None) -> Any:
+    """Examples a run trained on (whole global batches): the record's (or W&B summary's)
+    ``examples_trained``; for older records ``steps`` × ``batch_size`` when both are there, else the
+    configured budget (``budget``, default the record's ``examples_seen``)."""
+    if rec.get("examples_trained") is not None:
+        return rec["examples_trained"]
+    steps, batch = _num(rec.get("steps")), _num(rec.get("batch_size"))
+    if steps > 0 and batch > 0:
+        return int(steps * batch)
+    return rec.get("examples_seen") if budget is None else budget
+
+
 def pretrain_flops(flops_per_image: Any, examples_seen: Any) -> float:
     """Total pre-training FLOPs: forward + backward ≈ 3 × forward, for every example seen."""
     return 3.0 * _num(flops_per_image) * _num(examples_seen)
@@ -263,6 +281,7 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
         "fraction": _num(rec.get("fraction")),
         "train_size": rec.get("train_size"),
         "examples_seen": rec.get("examples_seen"),
+        "examples_trained": examples_trained(rec),
         "epochs": _num(rec.get("epochs")),
         "seed": rec.get("seed"),
         "device_hours": _num(rec.get("device_hours")),
@@ -273,9 +292,9 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
         # data.permutation of the run (paper Fig. 4); runs without one saw the original images
         "permutation": _mapping(_mapping(rec.get("config")).get("data")).get("permutation") or "original",
     }
-    row["pretrain_flops"] = pretrain_flops(row["flops_per_image"], row["examples_seen"])
+    row["pretrain_flops"] = pretrain_flops(row["flops_per_image"], row["examples_trained"])
     if math.isnan(row["epochs"]) and _num(row["train_size"]) > 0:
-        row["epochs"] = _num(row["examples_seen"]) / _num(row["train_size"])
+        row["epochs"] = _num(row["examples_trained"]) / _num(row["train_size"])
     metrics = _mapping(rec.get("metrics"))
     row["val_top1"] = _num(metrics.get("val_top1"))
     row["select_top1"] = _num(metrics.get("select_top1"))
@@ -286,6 +305,10 @@ def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = 
             if str(k).isdigit():
                 row[fewshot_column(dataset, k)] = _num(acc)
     row.update(config_row(rec.get("config")))
+    for group, fp in _mapping(rec.get("data_fingerprint")).items():
+        # The data itself is part of the configuration: runs of one config on two trees are not seeds.
+        if isinstance(fp, Mapping) and fp.get("digest"):
+            row[f"{group}.fingerprint"] = str(fp["digest"])
     return row
 
 
@@ -654,6 +677,7 @@ def row_from_wandb(run: Any) -> dict[str, Any]:
     name = summary.get("model") or _get(cfg, "model.name")
     meta = _model_meta(name)
     examples = summary.get("examples_seen", _get(cfg, "train.examples_seen"))
+    trained = examples_trained(summary, budget=examples)
     train_size = summary.get("train_size")
     image_size = summary.get("image_size", _get(cfg, "data.image_size", _get(cfg, "model.image_size")))
     flops = _num(summary.get("flops_per_image"))
@@ -672,9 +696,10 @@ def row_from_wandb(run: Any) -> dict[str, Any]:
         "fraction": _num(summary.get("fraction", _get(cfg, "data.fraction"))),
         "train_size": train_size,
         "examples_seen": examples,
+        "examples_trained": trained,
         "epochs": _num(summary.get("epochs")),
         "seed": summary.get("seed", _get(cfg, "seed")),
-        "pretrain_flops": pretrain_flops(flops, examples),
+        "pretrain_flops": pretrain_flops(flops, trained),
         "device_hours": _num(summary.get("device_hours")),
         "throughput": _num(summary.get("throughput")),
         "val_top1": _num(summary.get("val_top1")),
@@ -686,7 +711,7 @@ def row_from_wandb(run: Any) -> dict[str, Any]:
         "run_dir": getattr(run, "url", None),
     }
     if math.isnan(row["epochs"]) and _num(train_size) > 0:
-        row["epochs"] = _num(examples) / _num(train_size)
+        row["epochs"] = _num(trained) / _num(train_size)
     for key, value in summary.items():
         m = _SHOT_KEY.match(str(key))
         if m:
