@@ -57,11 +57,11 @@ def test_a_read_only_runs_dir_is_one_line_and_a_done_run_is_still_done(tmp_path,
     before = snapshot(disk), snapshot(tmp_path)
 
     line = one_line_exit_2(run_cli(["-m", "mixer_scaling.train", *RUN, f"runs_dir={disk / 'runs'}"], cwd=tmp_path))
-    assert line == (f"error: runs_dir='{disk / 'runs'}' is not writable: {disk} is on a read-only file system; "
-                    "expected a folder this user can write (runs_dir=<a writable folder>)")
+    assert line == (f"error: runs_dir={disk / 'runs'}: cannot create it or write beside it in {disk} (it is on a "
+                    "read-only file system); expected a folder that exists or can be created, in a writable place")
     # another config in the runs_dir that holds the finished run: refused the same way
     other = one_line_exit_2(run_cli(["-m", "mixer_scaling.train", *RUN, "seed=1", f"runs_dir={done_runs}"], cwd=tmp_path))
-    assert "is not writable" in other and "read-only file system" in other
+    assert f"runs_dir={done_runs}: cannot write into it (it is on a read-only file system)" in other
     # the finished run on read-only storage: reported done, nothing written
     again = run_cli(["-m", "mixer_scaling.train", *RUN, f"runs_dir={done_runs}"], cwd=tmp_path)
     assert again.returncode == 0 and "not retraining" in again.stdout + again.stderr, again.stderr[-3000:]
@@ -74,7 +74,7 @@ def test_a_folder_this_user_cannot_write(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     line = one_line_exit_2(run_cli(["-m", "mixer_scaling.train", *RUN, f"runs_dir={locked / 'runs'}"], cwd=tmp_path))
-    assert "is not writable" in line and "cannot write" in line
+    assert f"runs_dir={locked / 'runs'}" in line and "cannot create it" in line and "permission denied" in line
 
 
 def test_a_long_folder_name_or_a_file_in_the_way(tmp_path):
@@ -85,9 +85,8 @@ def test_a_long_folder_name_or_a_file_in_the_way(tmp_path):
     assert "runs_dir=" in long_line and "300 bytes long" in long_line and "at most 255 bytes" in long_line
     file_line = one_line_exit_2(run_cli(["-m", "mixer_scaling.train", *RUN, f"runs_dir={tmp_path / 'notes.txt' / 'runs'}"],
                                         cwd=tmp_path))
-    assert file_line == (f"error: runs_dir='{tmp_path / 'notes.txt' / 'runs'}' cannot hold run directories: "
-                         f"{tmp_path / 'notes.txt'} is not a folder; expected a folder path (runs_dir=<a folder this "
-                         "user can write>)")
+    assert file_line == (f"error: runs_dir={tmp_path / 'notes.txt' / 'runs'}: {tmp_path / 'notes.txt'} is a file, "
+                         "not a folder; expected a folder that exists or can be created, in a writable place")
     assert snapshot(tmp_path) == before
 
 

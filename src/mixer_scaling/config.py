@@ -424,48 +424,14 @@ def check_no_secrets(node, prefix: str = "") -> None:
 
 
 def check_runs_dir(runs_dir) -> None:
-    """``runs_dir`` names a folder path every folder name of which the file system can hold (NAME_MAX,
-    255 bytes on Linux file systems); whether it is writable is checked when a run starts."""
+    """``runs_dir`` names a folder path every folder name of which the file system can hold (checked on the
+    string, :func:`mixer_scaling.paths.check_names`); whether it is writable is checked when a run starts
+    (:func:`mixer_scaling.paths.check_folder`)."""
+    from .paths import check_names
+
     if runs_dir is None or not str(runs_dir).strip():
         raise ConfigError(f"runs_dir={runs_dir!r} is not allowed; expected a folder path (default: runs)")
-    path = Path(str(runs_dir))
-    existing = path.absolute()
-    while not os.path.isdir(existing) and existing != existing.parent:
-        existing = existing.parent
-    try:
-        name_max = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    for part in path.parts:
-        n = len(os.fsencode(part))
-        if n > name_max:
-            raise ConfigError(f"runs_dir={_shorten(str(runs_dir))!r} is not allowed: its folder name "
-                              f"{_shorten(part)!r} is {n} bytes long; allowed: at most {name_max} bytes per "
-                              "folder name on this file system")
-
-
-def check_writable(run_dir: Path, runs_dir) -> None:
-    """A run directory (or Hydra's multirun folder) this process can create or write into: ConfigError in one
-    line naming ``runs_dir`` and why not (a read-only file system or folder, a file in the way), before
-    anything is built or written."""
-    existing = Path(run_dir)
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"runs_dir={str(runs_dir)!r} cannot hold run directories: {existing} is not a folder; "
-                          "expected a folder path (runs_dir=<a folder this user can write>)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        try:
-            read_only_fs = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only_fs = False
-        why = "on a read-only file system" if read_only_fs else "a folder this user cannot write"
-        raise ConfigError(f"runs_dir={str(runs_dir)!r} is not writable: {existing} is {why}; expected a folder this "
-                          "user can write (runs_dir=<a writable folder>)")
-
-
-def _shorten(text: str, keep: int = 16) -> str:
-    return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
+    check_names(runs_dir, "runs_dir")
 
 
 def _validate_groups(cfg: DictConfig) -> None:
@@ -509,6 +475,7 @@ def check_overrides(argv: Iterable[str]) -> int:
         check_launcher(overrides)
     cells = grid(overrides) if multirun else [overrides]
     memo: set = set()
+    from .paths import check_folder
     from .records import run_id_of
 
     for cfg in compose_many(cells):
@@ -516,7 +483,7 @@ def check_overrides(argv: Iterable[str]) -> int:
         validate(cfg, tree, memo)
         run_id_of(tree)  # a data folder's fingerprint (its split folders listed): the same one-line errors
         if multirun and ("writable", str(cfg.runs_dir)) not in memo:  # Hydra writes its files under runs_dir
-            check_writable(Path(str(cfg.runs_dir)) / ".multirun", cfg.runs_dir)
+            check_folder(str(cfg.runs_dir), "runs_dir")
             memo.add(("writable", str(cfg.runs_dir)))
     return len(cells)
 

@@ -1,6 +1,6 @@
 """Where a command will write, checked before it does any work.
 
-A command that writes (``collect -o``, ``figures -o``, ``sweep launch``'s and ``study``'s ``runs_dir``)
+A command that writes (``collect -o``, ``figures -o``, ``sweep launch``'s, ``study``'s and ``train``'s ``runs_dir``)
 checks its output paths first, so a path it cannot write is one line (:class:`~.errors.UserError`:
 the argument, the bad value, what is allowed) and exit 2 before anything is read, trained, submitted or
 created, never an ``OSError`` traceback after the work is done. Nothing here creates anything.
@@ -64,13 +64,20 @@ def _stat(path: Path) -> os.stat_result | None:
         raise
 
 
-def _check(path: Path, arg: str, value: str, expected: str) -> Path:
-    """Common checks; returns the nearest existing folder at or above ``path`` (``path`` included)."""
-    for part in path.parts:
+def check_names(path: str | os.PathLike, arg: str) -> None:
+    """Every file or folder name in ``path`` fits the file system (:data:`NAME_MAX` bytes); :class:`UserError`
+    naming ``arg`` otherwise. Looks at the string only (a config is checked before its paths exist)."""
+    value = str(path)
+    for part in Path(value).parts:
         size = len(os.fsencode(part))
         if size > NAME_MAX:
             raise UserError(f"{_named(arg, value)}: the name {_short(part)!r} is {size} bytes long; allowed: at most "
                             f"{NAME_MAX} bytes per file or folder name")
+
+
+def _check(path: Path, arg: str, value: str, expected: str) -> Path:
+    """Common checks; returns the nearest existing folder at or above ``path`` (``path`` included)."""
+    check_names(value, arg)
     node = path
     while True:
         try:
@@ -141,4 +148,4 @@ def check_runs_dir(path: str | os.PathLike, *, slurm: bool = False) -> Path:
     return check_folder(path, "runs_dir")
 
 
-__all__ = ["NAME_MAX", "TABLE_SUFFIXES", "check_file", "check_folder", "check_runs_dir"]
+__all__ = ["NAME_MAX", "TABLE_SUFFIXES", "check_file", "check_folder", "check_names", "check_runs_dir"]

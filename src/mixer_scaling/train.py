@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, checkpoint, distributed, locks, precision, records
-from .config import CONF_DIR, PRIMARY, check_overrides, check_writable, validate
+from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .data.fingerprint import data_fingerprints
 from .engine import SELECT_KEY, Interrupted, Loop
@@ -36,6 +36,7 @@ from .evaluate.classify import ordered_loader, top1
 from .evaluate.downstream import evaluate_fewshot
 from .evaluate.throughput import inference_throughput
 from .models import build_model, count_params, forward_flops, get_spec
+from .paths import check_folder
 from .stream import total_steps
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, Record, read_record, record_failure, run_id_of
 from .tracking import Tracker
@@ -173,7 +174,7 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     if previous and previous.get("status") == DONE:
         log.info("run %s is done (%s); not retraining", run_id, run_dir)
         return previous
-    check_writable(run_dir, cfg.runs_dir)
+    check_folder(str(cfg.runs_dir), "runs_dir")  # before anything is built or written
 
     device = resolve_device(str(cfg.device))
     computes_in = precision.resolve(str(cfg.train.precision), device)

@@ -181,7 +181,7 @@ CASES = [
     Case("config-runs-dir-name-too-long", "config", "train", (*TRAIN, "runs_dir={tmp}/" + "r" * 300),
          ("runs_dir=", "300 bytes", "at most 255 bytes")),
     Case("config-runs-dir-a-file", "config", "train", (*TRAIN, "runs_dir={tmp}/results.csv/runs"),
-         ("runs_dir=", "results.csv", "is not a folder")),
+         ("runs_dir=", "results.csv", "is a file, not a folder")),
     # --- command-line arguments of mixer-scaling ------------------------------------------------
     Case("cli-unknown-command", "cli", "cli", ("frobnicate",), ("'frobnicate'", "models", "collect"), argparse=True),
     Case("cli-unknown-flag", "cli", "cli", ("collect", "{runs}", "--frobnicate"), ("--frobnicate",), argparse=True),
