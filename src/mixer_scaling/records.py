@@ -151,9 +151,42 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+#: Fields of a record that must be JSON objects when present (null counts as absent), and the objects
+#: inside them that must be too: what a run, a table row and ``sweep status`` read with ``.get``.
+MAPPING_FIELDS = ("metrics", "metrics.fewshot", "config", "config.data", "error")
+
+
+def record_problem(rec: Mapping[str, Any]) -> str:
+    """What makes a parsed record unusable as a row ('' when nothing): a field of :data:`MAPPING_FIELDS`
+    that is not an object (``"metrics": [1, 2]``, ``"config": "lr=1"``), or a few-shot entry that is not
+    an object of k → accuracy."""
+    for dotted in MAPPING_FIELDS:
+        node: Any = rec
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None and not isinstance(node, Mapping):
+            return f"field {dotted} is a JSON {_json_kind(node)}, not an object"
+    fewshot = _as_mapping(_as_mapping(rec.get("metrics")).get("fewshot"))
+    for dataset, per_k in fewshot.items():
+        if per_k is not None and not isinstance(per_k, Mapping):
+            return f"field metrics.fewshot.{dataset} is a JSON {_json_kind(per_k)}, not an object of k → accuracy"
+    return ""
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value),
+                                                                                              type(value).__name__)
+
+
 def read_record(run_dir: Path) -> dict | None:
     """The run's record, or None when there is none yet; :class:`CorruptFile` (naming the file and what is
-    wrong, in one line) if it is empty, unreadable, not JSON (truncated or damaged) or not a JSON object."""
+    wrong, in one line) if it is empty, unreadable, not JSON (truncated or damaged), not a JSON object, or
+    has a field of the wrong shape (:func:`record_problem`). Every reader (a run deciding whether it is
+    done, ``collect``, ``sweep status``) therefore treats such a record alike: a rerun sets it aside."""
     path = Path(run_dir) / RESULT_FILE
     try:
         data = path.read_bytes()
@@ -172,6 +205,9 @@ def read_record(run_dir: Path) -> dict | None:
         raise CorruptFile(path, f"not a JSON text ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     if not isinstance(record, dict):
         raise CorruptFile(path, f"a JSON {type(record).__name__}, not a record object")
+    problem = record_problem(record)
+    if problem:
+        raise CorruptFile(path, problem)
     return record
 
 

@@ -99,20 +99,15 @@ class Cell:
 
     def read(self) -> tuple[dict | None, str]:
         """(record, '') — or (None, what is wrong) for a damaged record: unreadable, not JSON, not an object
-        (:class:`~.errors.CorruptFile`), or with ``metrics``/``config``/``error`` of the wrong type
-        (:func:`~.analysis.results.record_problem`). (None, '') when there is no record yet."""
-        from .analysis.results import record_problem
-
+        or with ``metrics``/``config``/``error`` of the wrong type (:class:`~.errors.CorruptFile`, see
+        :func:`~.records.read_record`). (None, '') when there is no record yet."""
         try:
             record = read_record(self.run_dir)
         except CorruptFile as exc:  # the rerun sets it aside and resumes
             return None, exc.problem
         except (OSError, ValueError) as exc:
             return None, f"unreadable ({exc})"
-        if record is None:
-            return None, ""
-        problem = record_problem(record)
-        return (None, problem) if problem else (record, "")
+        return record, ""
 
 
 @dataclass

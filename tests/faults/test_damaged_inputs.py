@@ -115,6 +115,25 @@ def test_sweep_status_shows_a_record_with_fields_of_the_wrong_type_as_damaged(tm
     assert "sweep smoke: 2 damaged" in proc.stdout, proc.stdout
 
 
+def test_a_done_record_with_fields_of_the_wrong_type_is_set_aside_and_the_run_trained_again(tmp_path):
+    """The run itself reads its record as collect and sweep status do: a done record with ``metrics`` of the
+    wrong type is damaged, not done, so the rerun moves it to result.json.corrupt and trains."""
+    from conftest import TINY
+
+    args = ["-m", "mixer_scaling.train", "model=mixer/micro", "train.examples_seen=256", *TINY[1:],
+            f"runs_dir={tmp_path / 'runs'}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    edit_record(run_dir, metrics=[1, 2])
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "not retraining" not in again.stdout + again.stderr
+    assert json.loads((run_dir / "result.json.corrupt").read_text())["metrics"] == [1, 2]
+    rec = json.loads((run_dir / "result.json").read_text())
+    assert rec["status"] == "done" and isinstance(rec["metrics"], dict) and rec["metrics"]["val_top1"] >= 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Duplicates and impossible accuracies (item 10)
 # ---------------------------------------------------------------------------------------------

@@ -241,33 +241,6 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-#: Fields of a record that must be JSON objects when present (null counts as absent), and the objects
-#: inside them that must be too: what a row and ``sweep status`` read with ``.get``.
-MAPPING_FIELDS = ("metrics", "metrics.fewshot", "config", "config.data", "error")
-
-
-def record_problem(rec: Mapping[str, Any]) -> str:
-    """What makes a parsed record unusable as a row ('' when nothing): a field of :data:`MAPPING_FIELDS`
-    that is not an object (``"metrics": [1, 2]``, ``"config": "lr=1"``), or a few-shot entry that is not
-    an object of k → accuracy."""
-    for dotted in MAPPING_FIELDS:
-        node: Any = rec
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is not None and not isinstance(node, Mapping):
-            return f"field {dotted} is a JSON {_json_kind(node)}, not an object"
-    fewshot = _mapping(_mapping(rec.get("metrics")).get("fewshot"))
-    for dataset, per_k in fewshot.items():
-        if per_k is not None and not isinstance(per_k, Mapping):
-            return f"field metrics.fewshot.{dataset} is a JSON {_json_kind(per_k)}, not an object of k → accuracy"
-    return ""
-
-
-def _json_kind(value: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value),
-                                                                                              type(value).__name__)
-
-
 def row_from_record(rec: Mapping[str, Any], run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """One table row from one ``result.json`` record (missing fields become NaN/None)."""
     row: dict[str, Any] = {
@@ -418,9 +391,6 @@ def _load(path: Path) -> tuple[dict | None, str]:
         return None, f"missing required field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
     if rec.get("status") not in STATUSES:
         return None, f"status {rec.get('status')!r} is not one of {', '.join(STATUSES)}"
-    problem = record_problem(rec)
-    if problem:
-        return None, problem
     return rec, ""
 
 
@@ -430,7 +400,7 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike], *,
 
     Every readable record becomes a row, whatever its status; a record that cannot be used (unreadable,
     truncated or half-written JSON, not an object, no known status, no model, a ``metrics``/``config``/
-    ``error`` field that is not an object: :func:`record_problem`) is skipped, listed in
+    ``error`` field that is not an object: :func:`~mixer_scaling.records.record_problem`) is skipped, listed in
     ``Summary.skipped`` with what is wrong and (``warn``) logged as a warning. The table is then
     cleaned (:func:`clean_table`: one row per run id, accuracies outside [0, 1] dropped), its warnings
     in ``Summary.warnings`` (and logged with ``warn``). Raises :class:`UserError` when a root is missing,
@@ -864,7 +834,7 @@ def write_records(records: Iterable[Mapping[str, Any]], runs_dir: str | os.PathL
 
 __all__ = [
     "CHOSEN_PREFIX", "COLUMNS", "CONFIG_PREFIX", "FEWSHOT_PREFIX", "REQUIRED_COLUMNS", "Summary", "collect",
-    "clean_table", "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "record_problem", "fewshot_column", "fewshot_columns",
+    "clean_table", "collect_wandb", "config_columns", "config_row", "conform", "done_runs", "fewshot_column", "fewshot_columns",
     "fewshot_datasets", "find_records", "parse_fewshot_column", "pretrain_flops", "read_table", "row_from_record",
     "row_from_wandb", "synthetic_records", "to_frame", "write_records", "write_table",
 ]
