@@ -358,8 +358,8 @@ def validate(cfg: DictConfig, tree: dict | None = None, memo: set | None = None)
         if memo is not None:
             memo.add(("runs_dir", str(runs_dir)))
     seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed={seed!r} is not allowed; expected an integer >= 0")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not allowed; expected an integer in [0, 2**32 - 1] (numpy's seed range)")
     if not isinstance(cfg.get("wait_for_lock", False), bool):
         raise ConfigError(f"wait_for_lock={cfg.get('wait_for_lock')!r} is not allowed; expected true or false "
                           "(what a run does when another process is training it: false stops, true waits)")
@@ -437,6 +437,7 @@ def check_runs_dir(runs_dir) -> None:
 def _validate_groups(cfg: DictConfig) -> None:
     from .data import validate_data_cfg
     from .engine import check_train_cfg
+    from .evaluate import check_eval_cfg
     from .models import check_model_cfg
     from .tracking import resolve_mode
 
@@ -449,6 +450,7 @@ def _validate_groups(cfg: DictConfig) -> None:
             raise ConfigError(f"data.permutation=patch_pixel with model={cfg.model.name}: the model has no patch size; "
                               f"set data.permutation_patch (an integer dividing data.image_size={cfg.data.image_size})")
     check_train_cfg(cfg.train)
+    check_eval_cfg(cfg.eval)
     resolve_mode(cfg.wandb.mode)
     if str(cfg.device) not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(cfg.device)):
         raise ConfigError(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")

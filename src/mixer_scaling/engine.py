@@ -36,6 +36,11 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion")
 SCHEDULES = {"linear": ("poly", 1.0), "cosine": ("cosine", 0.1)}  # ours → (timm sched, decay_rate)
 
 
+def _number(v) -> bool:
+    """A finite int or float (not a bool, not inf or nan)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_train_cfg(t: Mapping) -> None:
     """Cheap checks of the ``train`` group, one clear line each."""
     def need(cond: bool, key: str, allowed: str) -> None:
@@ -45,7 +50,12 @@ def check_train_cfg(t: Mapping) -> None:
     for key in ("examples_seen", "batch_size"):
         v = t.get(key)
         need(isinstance(v, int) and not isinstance(v, bool) and v > 0, key, "expected an integer > 0")
-    need(isinstance(t.get("lr"), (int, float)) and t.get("lr") > 0, "lr", "expected a number > 0")
+    need(_number(t.get("lr")) and t.get("lr") > 0, "lr", "expected a finite number > 0")
+    need(_number(t.get("min_lr", 0.0)) and 0 <= t.get("min_lr", 0.0) <= t.get("lr"), "min_lr",
+         f"expected a number in [0, train.lr={t.get('lr')}] (where the decay ends)")
+    betas = t.get("betas")
+    need(betas is None or (len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)), "betas",
+         "expected two numbers in [0, 1) (Adam's beta1, beta2), e.g. [0.9, 0.999]")
     need(t.get("optimizer") in OPTIMIZERS, "optimizer", f"choose one of: {', '.join(OPTIMIZERS)}")
     need(t.get("schedule") in SCHEDULES, "schedule", f"choose one of: {', '.join(SCHEDULES)}")
     need(isinstance(t.get("warmup_steps"), int) and t.get("warmup_steps") >= 0, "warmup_steps", "expected an integer >= 0")
