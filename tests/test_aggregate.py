@@ -55,8 +55,8 @@ def test_config_columns_are_the_identity_flattened():
     row = R.row_from_record(rec)
     config = {k: v for k, v in row.items() if "." in k}
     assert config == {"model.name": "mixer/s16", "model.family": "mixer", "data.fraction": 0.1,
-                      "data.size": 1_000_000, "data.flip": False, "train.lr": 1e-3, "train.betas": "[0.9, 0.999]",
-                      "config.device": "auto"}  # no runs_dir, wandb, train.log_every; seed is the seed column
+                      "data.size": 1_000_000, "data.flip": False, "train.lr": 1e-3, "train.betas": "[0.9, 0.999]"}
+    # no runs_dir, wandb, train.log_every, device; seed is the seed column
     assert row["select_top1"] == 0.5 and row["seed"] == 0
     assert R.config_row(None) == {} and R.config_row({}) == {}
     # an option at its neutral value is not in the identity, so not a column either

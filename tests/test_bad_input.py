@@ -75,7 +75,7 @@ def test_unreadable_image_is_named_by_the_real_cli(tmp_path):
 def test_bad_override_through_the_console_script(tmp_path):
     proc = run_cli(["-m", "mixer_scaling.cli", "train", "data.fraction=2", f"runs_dir={tmp_path / 'runs'}"],
                    cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: data.fraction=2 is outside (0, 1]"
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: data.fraction=2 is not allowed; expected a number in (0, 1]"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -47,8 +47,8 @@ def test_loader_yields_batches_through_the_stream_sampler():
 
 
 @pytest.mark.parametrize("cfg,message", [
-    (dict(fraction=1.5), r"data.fraction=1.5 is outside \(0, 1\]"),
-    (dict(fraction=0.0), r"data.fraction=0.0 is outside"),
+    (dict(fraction=1.5), r"data.fraction=1.5 is not allowed; expected a number in \(0, 1\]"),
+    (dict(fraction=0.0), r"data.fraction=0.0 is not allowed"),
     (dict(fraction=0.0001), r"selects no image"),
     (dict(num_classes=1), r"data.num_classes=1"),
 ])

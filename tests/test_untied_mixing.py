@@ -149,7 +149,7 @@ def test_token_groups_from_the_config_build_an_untied_mixer_with_its_own_run_id(
 
 @pytest.mark.parametrize("overrides, needle", [
     (["model=mixer/tiny", "model.token_groups=3"], "model.token_groups=3"),
-    (["model=mixer/tiny", "model.token_groups=0"], "divisor of the 128 channels"),
+    (["model=mixer/tiny", "model.token_groups=0"], "model.token_groups=0 is not allowed; expected an integer > 0 dividing"),
     (["model=bit/tiny", "+model.token_groups=2"], "mixer models only"),
 ])
 def test_bad_token_groups_are_one_line(overrides, needle):

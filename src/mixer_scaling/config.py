@@ -328,46 +328,32 @@ def missing_keys(cfg: DictConfig) -> set[str]:
     return out
 
 
-def _missing_in_tree(tree, prefix: str = "") -> set[str]:
-    """:func:`missing_keys` of a resolved config given as plain data (``"???"`` marks a missing value)."""
-    out: set[str] = set()
-    items = enumerate(tree) if isinstance(tree, list) else tree.items()
-    for key, value in items:
-        full = f"{prefix}[{key}]" if isinstance(tree, list) else (f"{prefix}.{key}" if prefix else str(key))
-        if isinstance(value, str) and value == "???":
-            out.add(full)
-        elif isinstance(value, (dict, list)):
-            out |= _missing_in_tree(value, full)
-    return out
-
-
 def validate(cfg: DictConfig, tree: dict | None = None, memo: set | None = None) -> None:
-    """Cheap semantic checks of a composed run config (no data is read, nothing is built).
+    """Check a composed run config before anything is built or written: every key against the schema
+    (:mod:`mixer_scaling.schema`: declared, typed, in range), then the rules that need a model spec or
+    timm (:func:`_check_domain`). Reads no data.
 
     For the cells of a grid: ``tree`` is the config resolved to plain data, if at hand, and ``memo`` a set
-    kept from cell to cell: the model, data, train, W&B and device checks only read those sub-configs, so
-    they run once per distinct combination (a sweep over seeds checks its model once, not 1000 times).
+    kept from cell to cell, so a sweep over seeds checks its model, data and recipe once, not 1000 times.
     """
-    missing = sorted(_missing_in_tree(tree) if tree is not None else missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} is required and has no value; set it on the command line ({missing[0]}=...)")
-    check_no_secrets(tree if tree is not None else cfg)
-    runs_dir = cfg.get("runs_dir")
-    if memo is None or ("runs_dir", str(runs_dir)) not in memo:
-        check_runs_dir(runs_dir)
-        if memo is not None:
-            memo.add(("runs_dir", str(runs_dir)))
-    seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={seed!r} is not allowed; expected an integer in [0, 2**32 - 1] (numpy's seed range)")
-    if not isinstance(cfg.get("wait_for_lock", False), bool):
-        raise ConfigError(f"wait_for_lock={cfg.get('wait_for_lock')!r} is not allowed; expected true or false "
-                          "(what a run does when another process is training it: false stops, true waits)")
-    if memo is None or tree is None:
-        return _validate_groups(cfg)
-    key = json.dumps([tree.get(k) for k in ("model", "data", "train", "wandb", "device")], sort_keys=True, default=str)
+    from . import schema
+
+    if tree is None:
+        missing = sorted(missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} is required and has no value; set it on the command line ({missing[0]}=...)")
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    check_no_secrets(tree)
+    if memo is None:
+        schema.check(tree)
+        check_runs_dir(tree.get("runs_dir"))
+        return _check_domain(cfg)
+    schema.check_value("seed", tree.get("seed"))
+    key = json.dumps({k: v for k, v in tree.items() if k not in ("seed", "hydra")}, sort_keys=True, default=str)
     if key not in memo:
-        _validate_groups(cfg)
+        schema.check(tree)
+        check_runs_dir(tree.get("runs_dir"))
+        _check_domain(cfg)
         memo.add(key)
 
 
@@ -434,10 +420,10 @@ def check_runs_dir(runs_dir) -> None:
     check_names(runs_dir, "runs_dir")
 
 
-def _validate_groups(cfg: DictConfig) -> None:
+def _check_domain(cfg: DictConfig) -> None:
+    """The checks the schema cannot make alone: the model against its spec (patch, family-only keys),
+    timm's RandAugment parser, the data keys' combinations, the W&B mode against $WANDB_MODE."""
     from .data import validate_data_cfg
-    from .engine import check_train_cfg
-    from .evaluate import check_eval_cfg
     from .models import check_model_cfg
     from .tracking import resolve_mode
 
@@ -449,11 +435,7 @@ def _validate_groups(cfg: DictConfig) -> None:
         if get_spec(cfg.model.name).patch is None:
             raise ConfigError(f"data.permutation=patch_pixel with model={cfg.model.name}: the model has no patch size; "
                               f"set data.permutation_patch (an integer dividing data.image_size={cfg.data.image_size})")
-    check_train_cfg(cfg.train)
-    check_eval_cfg(cfg.eval)
     resolve_mode(cfg.wandb.mode)
-    if str(cfg.device) not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(cfg.device)):
-        raise ConfigError(f"device={cfg.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
 
 
 def split_argv(argv: Iterable[str]) -> tuple[list[str], bool]:

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, precision
-from .errors import ConfigError
 from .stream import StreamSampler, total_steps
 
 log = logging.getLogger(__name__)
@@ -36,43 +35,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion")
 SCHEDULES = {"linear": ("poly", 1.0), "cosine": ("cosine", 0.1)}  # ours → (timm sched, decay_rate)
 
 
-def _number(v) -> bool:
-    """A finite int or float (not a bool, not inf or nan)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_train_cfg(t: Mapping) -> None:
-    """Cheap checks of the ``train`` group, one clear line each."""
-    def need(cond: bool, key: str, allowed: str) -> None:
-        if not cond:
-            raise ConfigError(f"train.{key}={t.get(key)!r} is not allowed; {allowed}")
-
-    for key in ("examples_seen", "batch_size"):
-        v = t.get(key)
-        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, key, "expected an integer > 0")
-    need(_number(t.get("lr")) and t.get("lr") > 0, "lr", "expected a finite number > 0")
-    need(_number(t.get("min_lr", 0.0)) and 0 <= t.get("min_lr", 0.0) <= t.get("lr"), "min_lr",
-         f"expected a number in [0, train.lr={t.get('lr')}] (where the decay ends)")
-    betas = t.get("betas")
-    need(betas is None or (len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)), "betas",
-         "expected two numbers in [0, 1) (Adam's beta1, beta2), e.g. [0.9, 0.999]")
-    need(t.get("optimizer") in OPTIMIZERS, "optimizer", f"choose one of: {', '.join(OPTIMIZERS)}")
-    need(t.get("schedule") in SCHEDULES, "schedule", f"choose one of: {', '.join(SCHEDULES)}")
-    need(isinstance(t.get("warmup_steps"), int) and t.get("warmup_steps") >= 0, "warmup_steps", "expected an integer >= 0")
-    need(t.get("weight_decay", 0) >= 0, "weight_decay", "expected a number >= 0")
-    need(t.get("momentum") is None or (isinstance(t.get("momentum"), (int, float)) and 0 <= t.get("momentum") < 1),
-         "momentum", "expected a number in [0, 1) or null (sgd, momentum only; timm's default 0.9)")
-    need(t.get("grad_clip") is None or t.get("grad_clip") > 0, "grad_clip", "expected a number > 0 or null")
-    need(0 <= t.get("mixup", 0) <= 10, "mixup", "expected a Beta alpha >= 0 (0 turns mixup off)")
-    need(0 <= t.get("label_smoothing", 0) < 1, "label_smoothing", "expected a number in [0, 1)")
-    need(t.get("precision") in precision.PRECISIONS, "precision", f"choose one of: {', '.join(precision.PRECISIONS)}")
-    for key, zero in (("log_every", "only at the end"), ("checkpoint_every", "only at the end"),
-                      ("eval_every_examples", "no early stopping, the final weights are reported")):
-        need(isinstance(t.get(key), int) and not isinstance(t.get(key), bool) and t.get(key) >= 0, key,
-             f"expected an integer >= 0 (0: {zero})")
-
-
-# timm's factories are imported where they are used: the config checks above import this module, and
+# timm's factories are imported where they are used: the config schema imports this module, and
 # timm pulls in torchvision and torch._dynamo (~2 s) that a launcher or a sweep relaunch never needs.
 
 

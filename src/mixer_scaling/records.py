@@ -10,9 +10,10 @@ One place owns the run-directory layout and the record schema (documented in the
         .lock           held by the run's one writer while it runs (see :mod:`mixer_scaling.locks`)
         wandb/          the W&B client's files (offline runs can be synced later)
 
-``run_id`` is a short hash of the resolved config without the keys that do not change results
-(paths, logging cadence, W&B settings), as dora does: the same experiment always lands in the
-same directory, which is what makes reruns resume and finished runs skip. A data set that is a folder
+``run_id`` is a short hash of the resolved config's identity: the keys the schema
+(:mod:`mixer_scaling.schema`) declares as changing what a run computes, without paths, logging, W&B, the
+device or evaluation settings, as dora does: the same experiment always lands in the same directory,
+which is what makes reruns resume and finished runs skip. A data set that is a folder
 of files enters it by a fingerprint of those files (:mod:`.data.fingerprint`), not by its path: a run
 on another tree is another run, a tree moved elsewhere keeps its runs.
 """
@@ -26,7 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,73 +45,28 @@ BEST_CHECKPOINT_FILE = "checkpoint.best.pt"  # the weights early stopping chose 
 RUNNING, INTERRUPTED, DONE, FAILED = "running", "interrupted", "done", "failed"
 STATUSES = (RUNNING, INTERRUPTED, DONE, FAILED)
 
-# Dotted keys (or prefixes) left out of the identity hash: where things are written, how often we log or
-# checkpoint, how many loader workers, how progress is shown. None of them changes what is computed.
-IDENTITY_IGNORE = (
-    "runs_dir",
-    "study",
-    "wandb",
-    "progress",
-    "data.root",
-    "data.download",
-    "data.verify_images",
-    "data.num_workers",
-    "fewshot.root",
-    "fewshot.download",
-    "train.log_every",
-    "train.checkpoint_every",
-    "hydra",
-    "recipe",  # a sweep's per-model lookup table; what it sets is in train.* already
-    "wait_for_lock",  # what a second writer of a run does (see mixer_scaling.locks), not what the run computes
-)
-
-
-# Options added after runs existed, with the value that means "not used": at that value the option
-# (and its companion keys sharing the prefix, e.g. data.permutation_seed) is left out of the identity.
-NEUTRAL_OPTIONS = (
-    ("data", "permutation", None),
-    ("model", "token_groups", 1),
-    ("data", "nuisance", 1.0),
-)
-
-
-def _drop(tree: Any, ignore: Iterable[str], prefix: str = "") -> Any:
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if dotted in ignore:
-            continue
-        out[key] = _drop(value, ignore, dotted + ".")
-    return out
-
-
 def identity(cfg: DictConfig | Mapping) -> dict:
-    """The part of the resolved config that defines the experiment."""
-    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    tree = _drop(tree, IDENTITY_IGNORE)
-    for group, key, neutral in NEUTRAL_OPTIONS:
-        node = tree.get(group)
-        if isinstance(node, dict) and node.get(key, neutral) == neutral:
-            # Runs that do not use an option keep the ids they had before the option existed.
-            tree[group] = {k: v for k, v in node.items() if not k.startswith(key)}
-    return tree
+    """The part of the resolved config that defines the experiment: the keys the schema declares as
+    identity (:func:`mixer_scaling.schema.identity`)."""
+    from .schema import identity as schema_identity
+
+    return schema_identity(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg))
 
 
 def run_identity(cfg: DictConfig | Mapping) -> dict:
-    """:func:`identity` plus the fingerprint of each data set that is a folder of files
-    (``data.fingerprint``, ``fewshot.fingerprint``: the digest, see :mod:`.data.fingerprint`); the
-    embedded data and the few-shot sets defined by the config add nothing, so their ids are unchanged.
+    """:func:`identity` plus, for pre-training data that is a folder of files, its fingerprint
+    (``data.fingerprint``: the digest, see :mod:`.data.fingerprint`); the embedded data adds nothing.
+    Few-shot sets are evaluation, not identity (their fingerprint is in the record's ``evaluation``).
 
-    Reads the data folders' listings (``stat`` only, once per process per tree); a missing root raises
+    Reads the data folder's listing (``stat`` only, once per process per tree); a missing root raises
     the usual one-line :class:`~.errors.DataError`."""
     from .data.fingerprint import data_fingerprints
 
     tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     ident = identity(tree)
-    for group, fp in data_fingerprints(tree).items():
-        ident[group] = {**ident.get(group, {}), "fingerprint": fp["digest"]}
+    fingerprint = data_fingerprints(tree).get("data")
+    if fingerprint is not None:
+        ident["data"] = {**ident.get("data", {}), "fingerprint": fingerprint["digest"]}
     return ident
 
 

@@ -13,7 +13,6 @@ runs only when ``data.download`` is true).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -100,31 +99,6 @@ def plain(cfg: Mapping | None) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int_key(cfg: Mapping, key: str, low: int, high: int | None = None, prefix: str = "data") -> int:
-    v = cfg.get(key)
-    if not _is_int(v) or v < low or (high is not None and v > high):
-        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ConfigError(f"{prefix}.{key}={v!r} is not allowed; expected {allowed}")
-    return v
-
-
-def _bool_key(cfg: Mapping, key: str, default: bool, prefix: str = "data") -> bool:
-    v = cfg.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{prefix}.{key}={v!r} is not allowed; expected true or false")
-    return v
-
-
-def check_fraction(f) -> float:
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or math.isnan(f) or not (0 < f <= 1):
-        raise ConfigError(f"data.fraction={f!r} is outside (0, 1]")
-    return float(f)
-
-
 def check_randaugment(v, prefix: str = "data") -> str | None:
     """``None`` or a timm RandAugment string such as ``rand-m10-n2`` (parsed by timm to check it)."""
     if v in (None, "", False):
@@ -156,57 +130,43 @@ def _check_subset(full: int, fraction: float, what: str) -> int:
     return n
 
 
+REQUIRED = ("name", "fraction", "image_size")
+
+
 def validate_data_cfg(cfg: Mapping) -> None:
-    """Cheap checks of the ``data`` group: nothing is read but whether ``data.root`` is a directory."""
+    """Check the ``data`` group: its keys against the schema (:mod:`mixer_scaling.schema`), then what needs
+    this module (timm's RandAugment parser, the subset size, the permutation's patch); of the file system
+    only whether ``data.root`` is a directory."""
+    from ..schema import check, check_value
+
     cfg = plain(cfg)
-    name = cfg.get("name")
-    if name not in NAMES:
-        raise ConfigError(f"data.name={name!r} is not allowed; choose one of: {', '.join(NAMES)}")
-    fraction = check_fraction(cfg.get("fraction"))
-    image_size = _int_key(cfg, "image_size", 4)
-    check_permutation_cfg(cfg, image_size)
-    if "num_workers" in cfg:
-        _int_key(cfg, "num_workers", 0)
-    if "seed" in cfg:
-        _int_key(cfg, "seed", 0)
-    _bool_key(cfg, "flip", False)
+    for key in REQUIRED:
+        if cfg.get(key) is None:
+            raise ConfigError(f"data.{key} is required and has no value; set it (data.{key}=...)")
+    name = cfg["name"]
+    check_value("data.name", name)
+    if name != "synthetic" and cfg.get("root") in _UNSET:
+        _check_root(cfg)
+    check(cfg, "data")
+    check_permutation_cfg(cfg, cfg["image_size"])
     check_randaugment(cfg.get("randaugment"))
-    nuisance = cfg.get("nuisance", 1.0)
-    if name != "synthetic" and nuisance != 1.0:
-        raise ConfigError(f"data.nuisance={nuisance!r} is not allowed with data.name={name}; it is a knob of the "
-                          "embedded data (data=synthetic)")
     if name == "synthetic":
-        _int_key(cfg, "num_classes", 2, MAX_SYNTHETIC_CLASSES)
-        if isinstance(nuisance, bool) or not isinstance(nuisance, (int, float)) or not 0 <= nuisance <= 1:
-            raise ConfigError(f"data.nuisance={nuisance!r} is not allowed; expected a number in [0, 1] "
-                              "(1: the full per-sample variation, 0: class prototypes)")
-        size = _int_key(cfg, "size", 1)
-        # two images at least: one half of the split chooses (early stopping), the other is reported
-        _int_key(cfg, "val_size", 2)
-        _check_subset(size, fraction, "data.size")
+        _check_subset(cfg.get("size", 1), cfg["fraction"], "data.size")
         return
-    scale = cfg.get("crop_scale", [0.08, 1.0])
-    if (
-        not isinstance(scale, (list, tuple))
-        or len(scale) != 2
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scale)
-        or not 0 < scale[0] <= scale[1] <= 1
-    ):
-        raise ConfigError(f"data.crop_scale={scale!r} is not allowed; expected [low, high] with 0 < low <= high <= 1")
-    pct = cfg.get("crop_pct", 0.875)
-    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
-        raise ConfigError(f"data.crop_pct={pct!r} is outside (0, 1]")
-    root = cfg.get("root")
+    for key in ("train_dir", "val_dir"):
+        v = cfg.get(key)
+        if v is not None and (Path(v).is_absolute() or ".." in Path(v).parts):
+            raise ConfigError(f"data.{key}={v!r} is not allowed; expected a folder name inside data.root")
+    _check_root(cfg)
+
+
+def _check_root(cfg: Mapping) -> None:
+    """DataError (one line) unless ``data.root`` is a directory, or CIFAR is to be downloaded there."""
+    name, root = cfg["name"], cfg.get("root")
     if name == "imagefolder":
         what = "an ImageFolder tree with train/ and val/ class folders"
-        for key in ("train_dir", "val_dir"):
-            v = cfg.get(key, key[:-4] if key == "train_dir" else "val")
-            if not isinstance(v, str) or not v or Path(v).is_absolute() or ".." in Path(v).parts:
-                raise ConfigError(f"data.{key}={v!r} is not allowed; expected a folder name inside data.root")
-        _bool_key(cfg, "verify_images", True)
     else:
         what = f"a folder for torchvision's {name} files (or set data.download=true to fetch them there)"
-        _bool_key(cfg, "download", False)
     if root in _UNSET:
         raise DataError(f"data.root is not set; expected {what}, e.g. data.root=/data/{name}")
     if not Path(str(root)).is_dir() and not (name != "imagefolder" and cfg.get("download") is True):

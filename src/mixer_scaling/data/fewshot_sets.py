@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .build import MAX_SYNTHETIC_CLASSES, _is_int, passthrough, plain
+from .build import MAX_SYNTHETIC_CLASSES, passthrough, plain
 from .permute import from_data_cfg, permuted
 from .synthetic import SyntheticImages
 
@@ -124,26 +124,14 @@ def dataset_labels(ds: Dataset) -> np.ndarray:
 
 
 def _check_fewshot_cfg(fcfg: Mapping) -> tuple[list[str], list[int]]:
-    names = fcfg.get("datasets")
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, (list, tuple)) or not names:
-        raise ConfigError(f"fewshot.datasets={names!r} is not allowed; expected a list of: {', '.join(NAMES)}")
-    unknown = [n for n in names if n not in NAMES]
-    if unknown:
-        raise ConfigError(f"fewshot.datasets={list(names)} has unknown {unknown[0]!r}; choose from: {', '.join(NAMES)}")
-    shots = fcfg.get("shots")
-    if not isinstance(shots, (list, tuple)) or not shots or any(not _is_int(k) or k < 1 for k in shots):
-        raise ConfigError(f"fewshot.shots={shots!r} is not allowed; expected a list of integers >= 1")
-    if "seeds" in fcfg:
-        seeds = fcfg.get("seeds")
-        if not isinstance(seeds, (list, tuple)) or not seeds or any(not _is_int(s) or s < 0 for s in seeds):
-            raise ConfigError(f"fewshot.seeds={seeds!r} is not allowed; expected a list of integers >= 0")
-    if "l2_reg" in fcfg:
-        l2 = fcfg.get("l2_reg")
-        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 > 0 or l2 == float("inf"):
-            raise ConfigError(f"fewshot.l2_reg={l2!r} is not allowed; expected a number > 0 (big_vision: 1024)")
-    return list(names), list(shots)
+    """The ``fewshot`` group against the schema (:mod:`mixer_scaling.schema`); its (datasets, shots)."""
+    from ..schema import check
+
+    for key in ("datasets", "shots"):
+        if fcfg.get(key) is None:
+            raise ConfigError(f"fewshot.{key} is required and has no value; set it (fewshot.{key}=[...])")
+    check(fcfg, "fewshot")
+    return list(fcfg["datasets"]), list(fcfg["shots"])
 
 
 def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping | None = None,
@@ -153,8 +141,9 @@ def build_fewshot_sets(cfg_fewshot: Mapping, image_size: int, data_cfg: Mapping 
     ``data.permutation`` is applied to every set (``model_patch`` as in :func:`build_data`)."""
     fcfg = plain(cfg_fewshot)
     names, shots = _check_fewshot_cfg(fcfg)
-    if not _is_int(image_size) or image_size < 4:
-        raise ConfigError(f"data.image_size={image_size!r} is not allowed; expected an integer >= 4")
+    from ..schema import check_value
+
+    check_value("data.image_size", image_size)
     sets: dict[str, FewshotSet] = {}
     for name in dict.fromkeys(names):
         if name == "digits":

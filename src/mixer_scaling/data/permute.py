@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 KINDS = ("patch_pixel", "global")
-_ALLOWED = "null, " + ", ".join(KINDS)
 _SALT = {"patch": 0x9A7C4, "pixel": 0x91E15, "global": 0x610BA1}
 
 
@@ -123,23 +122,18 @@ class PermutedDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_permutation_cfg(cfg: Mapping, image_size: int) -> None:
-    """One-line :class:`ConfigError` for a bad ``data.permutation*`` key (``cfg``: the plain data group)."""
-    kind = cfg.get("permutation")
-    if kind is not None and kind not in KINDS:
-        raise ConfigError(f"data.permutation={kind!r} is not allowed; choose one of: {_ALLOWED}")
-    seed = cfg.get("permutation_seed", 0)
-    if not _is_int(seed) or seed < 0:
-        raise ConfigError(f"data.permutation_seed={seed!r} is not allowed; expected an integer >= 0")
+    """One-line :class:`ConfigError` for a bad ``data.permutation*`` key (``cfg``: the plain data group): its
+    type against the schema, and a patch size that divides ``image_size``."""
+    from ..schema import check_value
+
+    for key in ("permutation", "permutation_seed", "permutation_patch"):
+        if key in cfg:
+            check_value(f"data.{key}", cfg[key])
     patch = cfg.get("permutation_patch")
-    if patch is not None:
-        if not _is_int(patch) or patch < 1 or image_size % patch:
-            raise ConfigError(f"data.permutation_patch={patch!r} is not allowed; expected null (the model's patch) "
-                              f"or an integer that divides data.image_size={image_size}")
+    if patch is not None and image_size % patch:
+        raise ConfigError(f"data.permutation_patch={patch!r} is not allowed; expected null (the model's patch) "
+                          f"or an integer that divides data.image_size={image_size}")
 
 
 def _model_patch_of_root(cfg: Any) -> int | None:

@@ -18,7 +18,6 @@ Names are ``<family>/<size>`` and equal the Hydra option of the ``model`` config
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -276,8 +275,9 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _check_rate(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"model.{key}={value!r} is outside [0, 1); allowed: a number 0 <= {key} < 1")
+    from ..schema import check_value
+
+    check_value(f"model.{key}", value)
     return float(value)
 
 
