@@ -6,6 +6,7 @@
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
     mixer-scaling finetune parent=<run> [overrides]   fine-tune a run (python -m mixer_scaling.finetune)
     mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
+    mixer-scaling evaluate <runs>... [eval.*|fewshot.*]      score finished runs on other evaluation settings
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
     mixer-scaling weights <run> [-o dir]                   a Mixer run's token-mixing weights (paper Fig. 5)
@@ -235,9 +236,11 @@ def parser() -> argparse.ArgumentParser:
     ft.set_defaults(fn=cmd_finetune)
     from .analysis.cli import register as register_analysis
     from .analysis.weights import register as register_weights
+    from .score import register as register_score
     from .sweep_cli import register as register_sweep
 
     register_sweep(sub)
+    register_score(sub)
     register_analysis(sub)
     register_weights(sub)
     return p

@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 from omegaconf._impl import _resolve_container_value  # what OmegaConf.resolve does per node
 
 from .errors import ConfigError, UserError, one_line
@@ -203,29 +204,28 @@ def _explain(exc: Exception) -> str:
         key, _, value = ambiguous.group(1).partition("=")
         return (f"invalid override {ambiguous.group(1)!r}: a comma makes a sweep; for a string quote the value "
                 f"(\"{key}='{value}'\"), for a list write {key}=[{value}], for a sweep add --multirun")
-    cause = str(exc.__cause__ or "")
-    bad_type = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", cause)
-    key = re.search(r"full_key: (\S+)", cause)
-    if bad_type and key:
-        expected = _TYPE_NAMES.get(bad_type.group(2), bad_type.group(2))
-        return f"{key.group(1)}={bad_type.group(1)!r} is not allowed; expected {expected}"
-    m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
-    if m:
-        key = m.group(1)
+    # OmegaConf's own errors name the key and the value (Hydra wraps them, compose_many does not)
+    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    if isinstance(cause, ValidationError) and cause.full_key and cause.child_node is not None:
+        # a typed node (the launcher's dataclass schema) refused the value
+        kind = type(cause.child_node).__name__.removesuffix("Node")
+        return f"{cause.full_key}={cause.value!r} is not allowed; expected {_TYPE_NAMES.get(kind, kind.lower())}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        key = cause.full_key
         parent = key.rpartition(".")[0]
-        try:
-            known = sorted(OmegaConf.select(compose(), parent).keys()) if parent else []
-        except Exception:
-            known = []
         if parent == "hydra.launcher":  # the launcher's schema: the plugin's dataclass, no new keys
             from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
             known = sorted(k for k in OmegaConf.structured(SlurmQueueConf).keys() if not k.startswith("_"))
             return f"unknown launcher key '{key}'; keys of the submitit launchers: {', '.join(known)}"
-        if key.lstrip("+~") in RENAMED:
-            return f"config key '{key.lstrip('+~')}' was renamed: use {RENAMED[key.lstrip('+~')]}"
-        allowed = f"; keys under {parent}: {', '.join(map(str, known))}" if known else ""
-        return f"unknown config key '{key}'{allowed} (prefix with + to add a new key)"
+        if key in RENAMED:
+            return f"config key '{key}' was renamed: use {RENAMED[key]}"
+        from .schema import check
+
+        try:
+            check({key: None})
+        except ConfigError as unknown:
+            return str(unknown)
     return one_line(exc)
 
 

@@ -48,6 +48,13 @@ def _launch() -> tuple[int, int, int] | None:
     return None
 
 
+def launch_rank() -> int:
+    """This process's rank in the job it was started as (0 when it is a single process), known before the
+    process group is joined."""
+    launch = _launch()
+    return launch[0] if launch else 0
+
+
 @contextmanager
 def launched(device: torch.device):
     """Join the job's process group for the block when started as several processes; yields the device to use.

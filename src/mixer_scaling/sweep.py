@@ -29,6 +29,7 @@ from .config import compose_many, grid, group_options, validate
 from .errors import ConfigError, CorruptFile
 from .locks import describe, run_holder
 from .records import DONE, FAILED, INTERRUPTED, RUNNING, MetricsLog, read_record, run_id_of
+from .score import describe_missing, missing
 
 SWEEP_GROUP = "sweep"
 MANIFEST_DIR = ".sweeps"
@@ -36,8 +37,9 @@ MANIFEST_DIR = ".sweeps"
 # Cell states, from the run directory and (where there is one) the SLURM queue. `damaged`: its result.json
 # is unreadable, not JSON, or has a field of the wrong type (`"metrics": [...]`); the rerun sets it aside.
 NEW, PENDING, STALE, LOST, UNKNOWN, DAMAGED = "new", "pending", "stale", "lost", "unknown", "damaged"
+TO_SCORE = "to score"  # done, but not on all the evaluation settings the sweep asks for: scored, not retrained
 # What a (re)launch submits again: everything but finished cells and cells still in the queue.
-TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED, DAMAGED)
+TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED, DAMAGED, TO_SCORE)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -254,7 +256,8 @@ def cell_states(sweep: Sweep, queue: dict[str, str] | None = None, ask_queue: bo
         steps = record.get("steps") if record else None
         step = _last_step(cell.run_dir) if record else None
         if status == DONE:
-            state, detail = DONE, ""
+            todo = missing(record, cell.resolved if cell.resolved is not None else cell.config)
+            state, detail = (TO_SCORE, describe_missing(todo)) if todo else (DONE, "")
         elif on_slurm and queue is None and status not in (FAILED,):
             state, detail = UNKNOWN, f"job {job_id}: the SLURM queue could not be read"
         elif queued in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING", "SUSPENDED"):

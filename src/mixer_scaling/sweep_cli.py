@@ -23,7 +23,8 @@ from . import launch
 from .sweep import CellState, Sweep, cell_states, known_sweeps, load, status_rows
 
 STATE_STYLE = {"done": "green", "failed": "red", "lost": "red", "stale": "yellow", "interrupted": "yellow",
-               "running": "cyan", "running elsewhere": "cyan", "pending": "blue", "new": "dim", "damaged": "red"}
+               "running": "cyan", "running elsewhere": "cyan", "pending": "blue", "new": "dim", "damaged": "red",
+               "to score": "magenta"}
 
 
 def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = None, title: str = "") -> Table:
@@ -40,7 +41,7 @@ def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = No
         top1 = top1 if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
         step = f"{s.step}/{s.steps}" if s.step is not None and s.steps else ""
         table.add_row(*(str(s.cell.axes.get(a, "")) for a in axes), s.cell.run_id,
-                      f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]", step,
+                      f"[{STATE_STYLE.get(s.state, 'default')}]{s.state}[/]", step,
                       "" if top1 is None else f"{top1:.3f}", *([presets.get(s.cell.run_id, "")] if presets else []),
                       s.job_id or "", s.detail)
     return table
@@ -110,7 +111,7 @@ def cmd_launch(args) -> int:
         states = launch.wait(sweep, poll_s=args.poll)
     else:
         def on_done(cell, status, seconds, out):
-            colour = STATE_STYLE.get(status, "")
+            colour = STATE_STYLE.get(status, "default")
             out.print(f"  [{colour}]{status}[/] {cell.label} ({seconds:.0f} s) → {cell.run_dir}")
 
         launch.run_here(p, parallel=launch.default_parallel(p) if args.parallel is None else args.parallel, on_done=on_done)

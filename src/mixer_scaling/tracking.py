@@ -3,6 +3,12 @@
 W&B is a view, not a dependency: if the online client cannot start (no network, bad key, service
 down, init timing out), the run logs offline instead, says so once (log and record) and carries on; its
 ``result.json`` and ``metrics.jsonl`` are complete either way. The W&B run id is the run's ``run_id``, so a resumed run continues the same W&B run.
+
+Inside a SLURM job, ``scancel`` and preemption signal every process of the job, W&B's service process
+(``wandb-core``) too, and that one exits at once on SIGTERM without finishing its run (wandb/wandb#9963):
+its offline folder is cut off (no end; empty if nothing was flushed yet, which ``wandb sync`` cannot read)
+and W&B's exit hook would print a traceback. :meth:`Tracker.finish` then writes the attempt again to a
+new service, ends it with the exit code, and says so in one line (see there).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +25,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "disabled")
+# Size of W&B's transaction log (``run-<id>.wandb``) that holds nothing but its header (":W&B", magic, version).
+EMPTY_LOG_BYTES = 7
 
 
 def api_key_configured() -> bool:
@@ -48,11 +57,14 @@ def resolve_mode(mode: str | None) -> str:
 class Tracker:
     """Thin wrapper around a W&B run whose methods never raise into the training loop."""
 
-    def __init__(self, run=None, mode: str = "disabled", problem: str | None = None):
+    def __init__(self, run=None, mode: str = "disabled", problem: str | None = None, restart=None):
         self.run = run
         self.mode = mode
         self.problem = problem  # why W&B is not what was asked for (one line, for the record), or None
         self._warned = False
+        self._restart = restart  # () -> the same W&B run, started again (on a new service if the last one died)
+        self._logged: list[tuple[dict, int]] = []  # what this attempt logged, for finish() to write again
+        self._summary: dict = {}
 
     @classmethod
     def start(cls, wcfg: Mapping, *, run_id: str, run_dir: Path, name: str, config: dict,
@@ -86,7 +98,7 @@ class Tracker:
             )
 
         try:
-            return cls(init(mode), mode)
+            return cls(init(mode), mode, restart=lambda: init(mode))
         except Exception as exc:  # no network, bad key, server down or too slow
             problem = f"W&B unavailable ({_reason(exc)})"
         if mode == "online":
@@ -95,7 +107,8 @@ class Tracker:
                 run = init("offline")
                 sync_dir = Path(run.dir).parent
                 return cls(run, "offline (online unavailable)",
-                           f"{problem}; logging offline to {sync_dir}, upload later with `wandb sync {sync_dir}`")
+                           f"{problem}; logging offline to {sync_dir}, upload later with `wandb sync {sync_dir}`",
+                           restart=lambda: init("offline"))
             except Exception as exc:
                 problem += f"; offline too ({_reason(exc)})"
         return cls(None, f"{mode} (unavailable)", f"{problem}; continuing with the local record only")
@@ -107,18 +120,62 @@ class Tracker:
             fn(*args, **kw)
         except Exception as exc:
             if not self._warned:
-                log.warning("W&B %s failed (%s); continuing with the local record only", what, exc)
+                log.warning("W&B %s failed (%s); the local record goes on, and W&B is written again when the run "
+                            "ends", what, exc)
                 self._warned = True
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        if self.run is not None:
+            self._logged.append((dict(metrics), step))
         self._guard("log", lambda: self.run.log(dict(metrics), step=step))
 
     def summary(self, values: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            self._summary.update(values)
         self._guard("summary", lambda: self.run.summary.update(dict(values)))
 
     def finish(self, exit_code: int = 0) -> None:
-        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
-        self.run = None
+        """End the W&B run with ``exit_code``, its files complete for ``wandb sync``.
+
+        If W&B's service process has died (inside a SLURM job, ``scancel`` or preemption signals it along
+        with the run, and it exits without finishing), the finish fails. Then :func:`wandb.teardown`
+        drops that service (and W&B's exit hook, which would raise at exit with a traceback), the same W&B
+        run is started again on a new service, gets what this attempt logged (online: what the server
+        lacks) and is finished with ``exit_code``; the dead service's offline folder is removed if it holds
+        nothing (``wandb sync`` cannot read an empty transaction log). One line says so."""
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+            return
+        except Exception as exc:  # the service is gone (signalled with the job) or did not answer
+            reason = _reason(exc)
+        import wandb
+
+        cut_off = _sync_file(run)
+        try:
+            try:
+                wandb.teardown(exit_code)
+            except OSError:  # it cannot tell a dead service; it has dropped it and its exit hook all the same
+                pass
+            again = self._restart()
+            start = again.step  # online: the next step the server expects; offline: 0
+            for metrics, step in self._logged:
+                if step >= start:
+                    again.log(metrics, step=step)
+            if self._summary:
+                again.summary.update(self._summary)
+            again.finish(exit_code=exit_code)
+        except Exception as exc:
+            log.warning("W&B finish failed (%s), and again on a new service (%s); continuing with the local "
+                        "record only", reason, _reason(exc))
+            return
+        if cut_off is not None and cut_off != _sync_file(again) and cut_off.is_file() \
+                and cut_off.stat().st_size <= EMPTY_LOG_BYTES and cut_off.parent.name.startswith("offline-"):
+            shutil.rmtree(cut_off.parent, ignore_errors=True)
+        log.warning("W&B's service ended before the run did (%s; a SLURM job's stop signal reaches it too): "
+                    "wrote this attempt again and finished it on a new one: %s", reason, _sync_file(again).parent)
 
     @property
     def info(self) -> dict:
@@ -129,6 +186,14 @@ class Tracker:
             "project": getattr(run, "project", None),
             "url": getattr(run, "url", None) if self.mode == "online" else None,
         }
+
+
+def _sync_file(run) -> Path | None:
+    """The run's W&B transaction log (``<wandb dir>/<mode>-run-<time>-<id>/run-<id>.wandb``)."""
+    try:
+        return Path(run.settings.sync_file)
+    except Exception:
+        return None
 
 
 def quiet_without_home() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, checkpoint, distributed, locks, precision, records
+from . import __version__, checkpoint, distributed, locks, precision, records, score
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .data.fingerprint import data_fingerprints
@@ -172,8 +172,7 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     except CorruptFile:  # rank 0 moves it aside and starts a new record (Record.open)
         previous = None
     if previous and previous.get("status") == DONE:
-        log.info("run %s is done (%s); not retraining", run_id, run_dir)
-        return previous
+        return _done(cfg, run_dir, previous)
     check_folder(str(cfg.runs_dir), "runs_dir")  # before anything is built or written
 
     device = resolve_device(str(cfg.device))
@@ -198,8 +197,7 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
         verdict = distributed.gather(verdict)[0]
         try:
             if verdict == "done":
-                log.info("run %s is done (%s); not retraining", run_id, run_dir)
-                return read_record(run_dir)
+                return _done(cfg, run_dir, read_record(run_dir), lock)
             if verdict != "train":
                 raise locks.RunLocked(verdict)
             if distributed.is_main():
@@ -208,6 +206,20 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _done(cfg: DictConfig, run_dir: Path, record: dict, lock: locks.Lock | None = None) -> dict:
+    """A done run is not retrained. What its config asks to be evaluated on and its record lacks (a new
+    few-shot set, more shots: evaluation is not identity) is scored from its weights (:mod:`.score`), by
+    rank 0 alone, holding the run's lock (``lock``: already held)."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    todo = score.missing(record, tree)
+    if not todo or distributed.launch_rank() != 0:
+        log.info("run %s is done (%s); not retraining", run_dir.name, run_dir)
+        return record
+    log.info("run %s is done (%s); not retraining, scoring it on %s", run_dir.name, run_dir,
+             score.describe_missing(todo))
+    return score.score_run(run_dir, tree, wait=bool(cfg.get("wait_for_lock", False)), lock_held=lock is not None)[0]
 
 
 def _is_done(run_dir: Path) -> bool:
@@ -269,6 +281,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
         metrics, throughput = evaluate(cfg, built)
         metrics["select_top1"] = best.pop("select_top1")
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
+                      evaluation=score.requested(static["config"]),
                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **best)
         record.fields.pop("interrupted_at_step", None)  # an earlier attempt's stop: history, not this state
         record.save(DONE)
@@ -279,6 +292,9 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
         distributed.barrier()  # the other ranks exit once the record is written (see _follow)
         # Inside a submitit job this is its checkpoint-and-requeue handler: the job comes back and resumes.
         stop.hand_over()
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # a signal submitit lets pass (scancel's SIGTERM):
+            log.warning("interrupted: %s", stop)  # one line, not an exception submitit logs with a traceback
+            raise SystemExit(EXIT_INTERRUPTED) from None
         raise
     except BaseException as exc:
         # No barrier: the other ranks fail as soon as this one leaves the process group.
