@@ -140,3 +140,17 @@ def test_a_sweep_asking_for_more_evaluation_scores_its_done_cells_without_retrai
     assert {k: rec["metrics"]["fewshot"]["digits"][k] for k in ("1", "5")} == trained["metrics"]["fewshot"]["digits"]
     assert rec["attempts"] == trained["attempts"] and snapshot(run_dir) == files
     assert state("fewshot.shots=[1,5,10]") == ("done", "")
+
+
+def test_a_damaged_record_is_skipped_in_one_line_and_the_others_are_scored(finished, tmp_path):
+    run_dir = copy_run(finished, tmp_path)
+    broken = run_dir.parent / "0000000000"
+    broken.mkdir()
+    (broken / "result.json").write_text('{"status": "done", "con')
+    proc = run_cli(["-m", "mixer_scaling.cli", "evaluate", str(run_dir.parent), "fewshot.shots=[1,5]"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("[1/2] 0000000000: skipped: its record is damaged (")
+    assert lines[1].startswith(f"[2/2] {run_dir.name}: digits 1-shot ") and "Traceback" not in proc.stderr
+    assert set(read_record(run_dir)["metrics"]["fewshot"]["digits"]) == {"1", "5"}
+    assert (broken / "result.json").read_text() == '{"status": "done", "con'

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import locks, records
-from .errors import ConfigError, UserError
+from .errors import ConfigError, CorruptFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,10 @@ def _settings(entry: Mapping) -> tuple:
 
 def missing(record: Mapping, tree: Mapping) -> dict:
     """What of the evaluation ``tree`` asks for the done ``record`` lacks: ``{"fewshot": {set: settings},
-    "throughput": settings}``, only the parts to compute; empty when the record has it all."""
+    "throughput": settings}``, only the parts to compute; empty when the record has it all, or is not a
+    pre-training run's (a fine-tune is scored by its downstream top-1)."""
+    if not is_pretraining(record):
+        return {}
     want, have = requested(tree), provenance(record)
     got = ((record.get("metrics") or {}).get("fewshot") or {})
     todo: dict[str, Any] = {}
@@ -79,6 +82,10 @@ def missing(record: Mapping, tree: Mapping) -> dict:
     if want["throughput"] != have.get("throughput"):
         todo["throughput"] = want["throughput"]
     return todo
+
+
+def is_pretraining(record: Mapping) -> bool:
+    return isinstance(record.get("config"), Mapping) and "fewshot" in record["config"]
 
 
 def describe_missing(todo: Mapping) -> str:
@@ -259,8 +266,12 @@ def cmd_evaluate(args) -> int:
     dirs = run_dirs(paths)
     plans = []
     for d in dirs:  # every argument checked before any run is touched
-        record = records.read_record(d) or {}
-        if not isinstance(record.get("config"), Mapping) or "fewshot" not in record["config"]:
+        try:
+            record = records.read_record(d) or {}
+        except CorruptFile as exc:
+            plans.append((d, None, f"its record is damaged ({exc.problem})"))
+            continue
+        if not is_pretraining(record):
             plans.append((d, None, "not a pre-training run (no few-shot settings in its config)"))
             continue
         plans.append((d, evaluation_tree(record["config"], given), ""))
