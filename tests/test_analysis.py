@@ -273,7 +273,7 @@ def test_every_figure_kind_renders_from_results(synthetic_table, tmp_path):
     out = figures.render(df, tmp_path / "figs", overlay_paper=True, summary=summary, n_boot=50)
     names = {p.name for p in all_files(tmp_path / "figs")}
     assert names == ({f"{s}.{e}" for s in FIGURE_STEMS for e in ("png", "pdf", "csv")}
-                     | {"fits.csv", "findings.md", "findings.json"})
+                     | {"fits.csv", "findings.md", "findings.json", "dashboard.html"})
     assert all(p.stat().st_size > 1000 for p in out.figures)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staging folder gone
 

@@ -121,6 +121,8 @@ def cmd_study(args) -> int:
         console.print(f"  {f}")
     for line in rendered.summary:
         console.print(line)
+    if rendered.dashboard is not None:  # the one file to open: interactive, works offline from disk
+        console.print(f"dashboard: {rendered.dashboard}", soft_wrap=True, markup=False, highlight=False)
     return 0 if len(done) == len(states) else 1
 
 

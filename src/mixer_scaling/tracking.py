@@ -9,6 +9,12 @@ Inside a SLURM job, ``scancel`` and preemption signal every process of the job, 
 its offline folder is cut off (no end; empty if nothing was flushed yet, which ``wandb sync`` cannot read)
 and W&B's exit hook would print a traceback. :meth:`Tracker.finish` then writes the attempt again to a
 new service, ends it with the exit code, and says so in one line (see there).
+
+Runs are shaped for comparison across architectures (:mod:`.columns` names every key): the
+config holds flat comparison keys (``family``, ``model_name``, ``size``, ``fraction``, ``pretrain_flops``
+...) beside the nested resolved config from ``wandb.init`` on, curves are drawn against examples seen
+(``flops`` is logged too, as the other x-axis), and the summary keeps the best selection accuracy and
+the last loss.
 """
 
 from __future__ import annotations
@@ -68,9 +74,17 @@ class Tracker:
 
     @classmethod
     def start(cls, wcfg: Mapping, *, run_id: str, run_dir: Path, name: str, config: dict,
-              tags: list[str]) -> "Tracker":
+              tags: list[str], compare: Mapping[str, Any] | None = None) -> "Tracker":
         """Start the W&B run. If online W&B cannot be reached within ``wandb.init_timeout``, log offline
-        instead (``wandb sync`` uploads it later); if even that fails, carry on with the local record."""
+        instead (``wandb sync`` uploads it later); if even that fails, carry on with the local record.
+
+        ``config`` (the nested resolved config) and ``compare`` (flat comparison keys,
+        :func:`.columns.compare_config`) go to ``wandb.init`` as one config, so both are there
+        from the run's first record; a key in both keeps ``config``'s value (it is the run's config).
+        The run's metrics are declared (:func:`.columns.define_metrics`) before anything is logged."""
+        from .columns import define_metrics
+
+        init_config = {**(compare or {}), **config}
         mode = resolve_mode(wcfg.get("mode"))
         if mode == "disabled":
             return cls(None, mode)
@@ -81,7 +95,7 @@ class Tracker:
             return cls(None, f"{mode} (unavailable)", f"W&B unavailable ({_reason(exc)}); local record only")
 
         def init(mode: str):
-            return wandb.init(
+            run = wandb.init(
                 project=wcfg.get("project"),
                 entity=wcfg.get("entity"),
                 group=wcfg.get("group"),
@@ -91,11 +105,16 @@ class Tracker:
                 id=run_id,
                 resume="allow",
                 dir=str(run_dir),
-                config=config,
+                config=init_config,
                 mode=mode,
                 settings=wandb.Settings(init_timeout=float(wcfg.get("init_timeout", 60)), silent=True,
                                         console="off"),
             )
+            try:  # again on every (re)start: a new service knows nothing of the last one's
+                define_metrics(run)
+            except Exception as exc:  # a client without these options: the run logs all the same
+                log.warning("W&B define_metric failed (%s); curves keep W&B's default x-axis", _reason(exc))
+            return run
 
         try:
             return cls(init(mode), mode, restart=lambda: init(mode))

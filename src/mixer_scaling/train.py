@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, checkpoint, distributed, locks, precision, records, score
+from . import __version__, checkpoint, columns, distributed, locks, precision, records, score
 from .config import CONF_DIR, PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .data.fingerprint import data_fingerprints
@@ -256,6 +256,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
              static["dataset"], static["fraction"], static["examples_trained"], static["epochs"], run_dir)
 
     tracker = Tracker.start(cfg.wandb, run_id=run_id, run_dir=run_dir, config=static["config"],
+                            compare=columns.compare_config(static),
                             name=f"{'ft-' if static.get('parent_run_id') else ''}"
                                  f"{static['family']}-{static['size']}-f{static['fraction']:g}-s{cfg.seed}",
                             tags=[static["family"], static["size"], f"fraction={static['fraction']:g}"])
@@ -266,7 +267,7 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
 
     def on_log(row: dict) -> None:
         metrics_log.append(row)
-        tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        tracker.log(columns.history_row(row, static["flops_per_image"]), step=row["step"])  # + flops
 
     loop = _loop(
         cfg, built, run_dir, on_log=on_log,
@@ -375,14 +376,9 @@ def _cost(counters: dict, num_devices: int) -> dict:
 
 
 def _flat_summary(fields: dict) -> dict:
-    """The record's scalars, so a W&B project alone can rebuild the results table (analysis.collect_wandb)."""
-    out = {k: v for k, v in fields.items() if isinstance(v, (int, float, str)) and k != "run_dir"}
-    out["val_top1"] = fields["metrics"]["val_top1"]
-    out["select_top1"] = fields["metrics"].get("select_top1")  # what --best-over chooses on
-    for name, per_k in fields["metrics"].get("fewshot", {}).items():
-        for k, acc in per_k.items():
-            out[f"fewshot/{name}/{k}shot"] = acc
-    return out
+    """The record's scalars and metrics under the names :mod:`.columns` gives them, so a W&B
+    project alone can rebuild the results table (:func:`.analysis.results.row_from_wandb`)."""
+    return columns.wandb_summary(fields)
 
 
 def app_body(job: Callable[[], object], config_of_failure: Callable[[], DictConfig | None]) -> None:

@@ -10,6 +10,7 @@
   overlays, each as PNG, PDF and CSV.
 * :mod:`.findings`: the study's answers with bootstrap intervals over seeds (``findings.md``,
   ``findings.json``).
+* :mod:`.dashboard`: one self-contained interactive ``dashboard.html`` (Plotly) per study.
 * :mod:`.cli`: the ``collect`` and ``figures`` subcommands.
 
 Importing this package does not import matplotlib; :mod:`.figures` does (with the Agg backend).

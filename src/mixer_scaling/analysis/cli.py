@@ -7,7 +7,8 @@
                           [--compute flops|device_hours|core_days] [--best-over KEY ...] [--select METRIC]
 
 ``figures`` on results also writes ``findings.md`` and ``findings.json`` (:mod:`.findings`) and
-prints the findings after the summary. ``--best-over KEY`` (repeatable) keeps, per configuration,
+``dashboard.html`` (:mod:`.dashboard`: the figures and the table as one interactive page that opens
+offline from disk), and prints the findings after the summary. ``--best-over KEY`` (repeatable) keeps, per configuration,
 the value of config column KEY whose runs are best on ``--select`` (default ``select_top1``);
 without it, configurations that differ in KEY are drawn apart, never averaged (:mod:`.aggregate`).
 

@@ -13,7 +13,10 @@ Figure kinds (file stems in brackets):
    baselines dashed as in the paper's Fig. 2 (right), the Student-t interval of the mean as a band
    where a size has several seeds, and per-line power-law fits dotted and extrapolated to 10× the
    largest set.
-4. Paper reference [``paper_table3_jft_*``, ``paper_table2_*``]: kinds 1 and 2 from the paper's
+4. An interactive ``dashboard.html`` of kinds 1-3 and the results table (:mod:`.dashboard`): one
+   self-contained page (plotly.js inlined, opens offline from disk), every run a point with its
+   run id, model, fraction, seed and metrics on hover, filters by family, size and fraction.
+5. Paper reference [``paper_table3_jft_*``, ``paper_table2_*``]: kinds 1 and 2 from the paper's
    Table 3 (JFT-300M rows) and Table 2; with ``overlay_paper`` also [``overlay_compute``,
    ``overlay_throughput``]: the user's points beside the paper's, one panel each (their units differ:
    our hardware and data against TPUv3 cores and ImageNet after fine-tuning).
@@ -54,6 +57,7 @@ import pandas as pd  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from . import reference  # noqa: E402
 from .aggregate import MEASURED, Selection, choose, differing_keys, format_value  # noqa: E402
+from .dashboard import DASHBOARD_FILE, write_dashboard  # noqa: E402
 from .findings import Findings, study_findings  # noqa: E402
 from .fits import PowerLawFit, fit_power_law, fits_table, loglog_slope  # noqa: E402
 from .results import (  # noqa: E402
@@ -97,6 +101,11 @@ class Rendered:
     @property
     def figures(self) -> list[Path]:
         return [f for f in self.files if f.suffix.lstrip(".") in FORMATS]
+
+    @property
+    def dashboard(self) -> Path | None:
+        """The interactive ``dashboard.html`` (:mod:`.dashboard`), when this render wrote one."""
+        return next((f for f in self.files if f.name == DASHBOARD_FILE), None)
 
 
 @dataclass(frozen=True)
@@ -644,8 +653,8 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
            dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
            summary: Summary | None = None, n_boot: int = 200, seed: int = 0, best_over=(),
            select: str | None = None, level: float = 0.95) -> Rendered:
-    """Figures 1–3 (and the paper overlays), ``fits.csv`` and the findings (``findings.md``,
-    ``findings.json``) from a results table into ``out_dir``.
+    """Figures 1–3 (and the paper overlays), ``fits.csv``, the findings (``findings.md``,
+    ``findings.json``) and ``dashboard.html`` (figure kind 4) from a results table into ``out_dir``.
 
     ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
     data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
@@ -706,6 +715,10 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         table.to_csv(tmp / "fits.csv", index=False)
         files.append("fits.csv")
         files.extend(found.write(tmp))
+        studies = df["study"].dropna().unique() if "study" in df.columns else []
+        write_dashboard(tmp / DASHBOARD_FILE, st, df, title=f"{studies[0] if len(studies) == 1 else 'Scaling study'}"
+                                                             ": architectures compared")
+        files.append(DASHBOARD_FILE)
     lines += [
         f"points: Pareto ({pareto_metric.column}) {psel.note}; data scaling ({scaling_metric.column}) {ssel.note}",
         _frontier_line(pc, f"compute frontier ({pareto_metric.column} vs {compute})"),
@@ -721,7 +734,7 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
 
 def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compute: str = "core_days",
                  n_boot: int = 200, seed: int = 0) -> Rendered:
-    """Kind 4: the Pareto figures from the paper's Table 3 (JFT-300M rows) and Table 2 into ``out_dir``.
+    """Kind 5: the Pareto figures from the paper's Table 3 (JFT-300M rows) and Table 2 into ``out_dir``.
 
     Compute is in TPUv3 core-days (``compute="device_hours"``: core-hours), throughput in
     img/s/core, accuracy ImageNet top-1 after fine-tuning (``metric`` may also be ``real_top1`` or

@@ -82,27 +82,21 @@ import pandas as pd
 
 from ..errors import CorruptFile, UserError, one_line
 from ..records import DONE, FAILED, INTERRUPTED, RESULT_FILE, RUNNING, STATUSES, identity, read_record
+from ..columns import (
+    COLUMNS, COMPARE_ONLY, FEWSHOT_PREFIX, FLOAT_COLUMNS, INT_COLUMNS, SUMMARY_KEYS, TEXT_COLUMNS, fewshot_column,
+    parse_fewshot_column, parse_summary_fewshot,
+)
 
 log = logging.getLogger(__name__)
 
 
-COLUMNS = [
-    "run_id", "family", "model", "size", "patch", "params", "flops_per_image", "fraction", "train_size",
-    "examples_seen", "examples_trained", "epochs", "seed", "pretrain_flops", "device_hours", "throughput", "val_top1",
-    "select_top1", "best_step", "precision", "status", "study", "run_dir",
-]
-TEXT_COLUMNS = ("run_id", "family", "model", "size", "precision", "status", "study", "run_dir")
-INT_COLUMNS = ("patch", "params", "train_size", "examples_seen", "examples_trained", "seed", "best_step")
-FLOAT_COLUMNS = ("flops_per_image", "fraction", "epochs", "pretrain_flops", "device_hours", "throughput",
-                 "val_top1", "select_top1")
+# The column names live in .columns, which the W&B writer (train, tracking) shares with this reader.
 #: Top-level config keys other than ``seed`` become ``config.<key>`` columns.
 CONFIG_PREFIX = "config."
 #: Columns :mod:`.aggregate` adds for a ``--best-over`` key (``chosen.train.lr``): not config columns.
 CHOSEN_PREFIX = "chosen."
 # Columns a table must have to be drawn (the reference tables and W&B tables have them too).
 REQUIRED_COLUMNS = ("family", "model", "status")
-FEWSHOT_PREFIX = "fewshot_"
-_FEWSHOT_RE = re.compile(r"^fewshot_(?P<dataset>.+)_(?P<k>\d+)$")
 # Directories never searched for records: W&B's client files, VCS and caches.
 _PRUNE = {"wandb", ".git", "__pycache__", ".ipynb_checkpoints"}
 
@@ -152,16 +146,6 @@ class Summary:
 
 # ----------------------------------------------------------------------------------------------
 # Rows
-
-
-def fewshot_column(dataset: str, k: int | str) -> str:
-    return f"{FEWSHOT_PREFIX}{dataset}_{int(k)}"
-
-
-def parse_fewshot_column(name: str) -> tuple[str, int] | None:
-    """``fewshot_synthetic_heldout_5`` → ``("synthetic_heldout", 5)``; None for other columns."""
-    m = _FEWSHOT_RE.match(name)
-    return (m["dataset"], int(m["k"])) if m else None
 
 
 def fewshot_columns(df: pd.DataFrame) -> list[str]:
@@ -578,7 +562,6 @@ def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 _WANDB_STATES = {"finished": DONE, "running": RUNNING, "pending": RUNNING, "crashed": FAILED,
                  "failed": FAILED, "killed": INTERRUPTED, "preempting": INTERRUPTED, "preempted": INTERRUPTED}
-_SHOT_KEY = re.compile(r"^fewshot/(?P<dataset>.+)/(?P<k>\d+)shot$")
 
 
 def _model_meta(name: str | None) -> dict[str, Any]:
@@ -638,55 +621,65 @@ def _plain_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def row_from_wandb(run: Any) -> dict[str, Any]:
     """One table row from a ``wandb.apis.public.Run``: its config (the resolved run config) and summary.
 
-    Fields the summary holds under their record names win over values derived from the config;
+    Summary keys are :data:`.columns.SUMMARY_KEYS` (what :func:`.columns.wandb_summary` writes) and
+    ``fewshot/<dataset>/<k>shot``. Fields the summary holds win over values derived from the config;
     forward FLOPs are recomputed from the model registry when the summary lacks them. The config
-    columns come from the run's config as from a record's (:func:`config_row`).
+    columns come from the run's config as from a record's (:func:`config_row`), without the flat
+    comparison keys (:data:`.columns.COMPARE_ONLY`), which are not config keys. ``run_id``, ``study``
+    and ``run_dir`` are the W&B run's id, group and URL.
     """
     cfg = dict(run.config or {})
     summary = dict(getattr(run, "summary_metrics", None) or {})
-    name = summary.get("model") or _get(cfg, "model.name")
+
+    def key(column: str, default: Any = None) -> Any:
+        return summary.get(SUMMARY_KEYS[column], default)
+
+    name = key("model") or _get(cfg, "model.name")
     meta = _model_meta(name)
-    examples = summary.get("examples_seen", _get(cfg, "train.examples_seen"))
+    examples = key("examples_seen", _get(cfg, "train.examples_seen"))
     trained = examples_trained(summary, budget=examples)
-    train_size = summary.get("train_size")
+    train_size = key("train_size")
     image_size = summary.get("image_size", _get(cfg, "data.image_size", _get(cfg, "model.image_size")))
-    flops = _num(summary.get("flops_per_image"))
+    flops = _num(key("flops_per_image"))
     if math.isnan(flops):
         flops = _flops_of(name, image_size, summary.get("num_classes", _get(cfg, "data.num_classes")))
-    status = summary.get("status") if summary.get("status") in STATUSES else \
+    status = key("status") if key("status") in STATUSES else \
         _WANDB_STATES.get(str(getattr(run, "state", "")), FAILED)
     row = {
         "run_id": getattr(run, "id", None),
-        "family": summary.get("family", meta.get("family")),
+        "family": key("family", meta.get("family")),
         "model": name,
-        "size": summary.get("size", meta.get("size")),
-        "patch": summary.get("patch", meta.get("patch")),
-        "params": summary.get("params"),
+        "size": key("size", meta.get("size")),
+        "patch": key("patch", meta.get("patch")),
+        "params": key("params"),
         "flops_per_image": flops,
-        "fraction": _num(summary.get("fraction", _get(cfg, "data.fraction"))),
+        "fraction": _num(key("fraction", _get(cfg, "data.fraction"))),
         "train_size": train_size,
         "examples_seen": examples,
         "examples_trained": trained,
-        "epochs": _num(summary.get("epochs")),
-        "seed": summary.get("seed", _get(cfg, "seed")),
-        "pretrain_flops": pretrain_flops(flops, trained),
-        "device_hours": _num(summary.get("device_hours")),
-        "throughput": _num(summary.get("throughput")),
-        "val_top1": _num(summary.get("val_top1")),
-        "select_top1": _num(summary.get("select_top1", summary.get("metrics/select_top1"))),
-        "best_step": summary.get("best_step"),
-        "precision": summary.get("precision"),
+        "epochs": _num(key("epochs")),
+        "seed": key("seed", _get(cfg, "seed")),
+        "pretrain_flops": _num(key("pretrain_flops")) if _num(key("pretrain_flops")) > 0 else
+        pretrain_flops(flops, trained),
+        "device_hours": _num(key("device_hours")),
+        "throughput": _num(key("throughput")),
+        "val_top1": _num(key("val_top1")),
+        "select_top1": _num(key("select_top1", summary.get("metrics/select_top1"))),
+        "best_step": key("best_step"),
+        "precision": key("precision"),
         "status": status,
         "study": getattr(run, "group", None) or _get(cfg, "study"),
         "run_dir": getattr(run, "url", None),
+        "permutation": _get(cfg, "data.permutation") or "original",
     }
     if math.isnan(row["epochs"]) and _num(train_size) > 0:
         row["epochs"] = _num(trained) / _num(train_size)
-    for key, value in summary.items():
-        m = _SHOT_KEY.match(str(key))
-        if m:
-            row[fewshot_column(m["dataset"], m["k"])] = _num(value)
-    row.update(config_row(_plain_config(cfg)))
+    for k, value in summary.items():
+        shot = parse_summary_fewshot(k)
+        if shot:
+            row[fewshot_column(*shot)] = _num(value)
+    plain = {k: v for k, v in _plain_config(cfg).items() if k not in COMPARE_ONLY}
+    row.update(config_row(plain))
     return row
 
 
