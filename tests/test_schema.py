@@ -40,7 +40,7 @@ def test_the_finetune_config_is_declared_too():
 
 @pytest.mark.parametrize("override, message", [
     ("+note=hello", r"^note is not a config key \(declared in"),
-    ("+train.lr_peak=1", r"^train.lr_peak is not a config key; keys under train: batch_size, .*lr, "),
+    ("+train.lr_peak=1", r"^train.lr_peak is not a config key; keys under train: accum_steps, batch_size, .*lr, "),
     ("eval.throughput_batch_sizes=[-8]", r"^eval.throughput_batch_sizes=\[-8\] is not allowed; expected a non-empty"),
     ("train.betas=[2,3]", r"^train.betas=\[2, 3\] is not allowed; expected two numbers in \[0, 1\)"),
     ("wandb.init_timeout=0", r"^wandb.init_timeout=0 is not allowed; expected a finite number > 0$"),

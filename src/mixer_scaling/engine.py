@@ -14,7 +14,7 @@ import math
 import random
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -173,6 +173,24 @@ class Loop:
         """Rank 0 keeps the single-process seed; the others get their own (augmentation, dropout, mixup)."""
         return self.seed + start + 1_000_003 * self.rank
 
+    def _forward_backward(self, net, loss_fn, autocast, x, y, accum: int) -> torch.Tensor:
+        """Gradients of this rank's batch ``(x, y)`` in ``accum`` micro-batches; returns its mean loss
+        (detached). Under DDP the gradients are averaged over ranks once, in the last micro-batch's backward."""
+        if accum == 1:
+            with autocast:
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            return loss.detach()
+        total = torch.zeros((), device=x.device)
+        for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+            sync = i == accum - 1 or not isinstance(net, DistributedDataParallel)
+            with (nullcontext() if sync else net.no_sync()):
+                with autocast:
+                    part = loss_fn(net(xm), ym) / accum
+                part.backward()
+            total += part.detach()
+        return total
+
     def run(self) -> dict:
         """Train to the end (or to a stop signal). Returns the compute counters."""
         t, model, device = self.cfg, self.model, self.device
@@ -223,6 +241,11 @@ class Loop:
             if t.mixup > 0 else None
         loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         autocast = precision.autocast(device, self.precision)
+        # Gradient accumulation: each rank's share of the global batch in `accum` equal micro-batches, their
+        # mean losses scaled by 1/accum, so the summed gradient is the whole batch's; one update per step.
+        accum = int(t.get("accum_steps", 1))
+        if t.get("grad_checkpointing", False):  # recompute activations in backward: less memory, ~1/3 more compute
+            model.set_grad_checkpointing(True)
 
         # DDP averages the gradients over ranks in backward: with equal shards of one global batch and a
         # per-rank mean loss, that is the full batch's gradient, so clipping below sees the global norm.
@@ -239,12 +262,10 @@ class Loop:
         with stop_on_signals() as stop:
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if mixup:
+                if mixup:  # on the whole batch, as without accumulation (one mixing draw per batch)
                     x, y = mixup(x, y)
-                with autocast:
-                    loss = loss_fn(net(x), y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = self._forward_backward(net, loss_fn, autocast, x, y, accum)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
                 optimizer.step()
                 step += 1

@@ -248,6 +248,11 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("train.label_smoothing", number(0, 1, high_open=True)),
     Key("train.mixup", number(0, 10, why=" (a Beta alpha; 0 turns mixup off)")),
     Key("train.precision", choice(of=_precisions), "auto: bf16 where the device has it natively"),
+    # How the memory of one update is spent: the same update (up to float rounding), so not identity; a
+    # run moved to a GPU with less memory keeps its id (and resumes) with more accumulation steps.
+    Key("train.accum_steps", integer(1, why=" dividing train.batch_size per rank"),
+        "micro-batches per update (gradient accumulation)", **NOT_IDENTITY),
+    Key("train.grad_checkpointing", boolean(), "activation checkpointing (recompute in backward)", **NOT_IDENTITY),
     Key("train.log_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),
     Key("train.checkpoint_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),
     Key("train.eval_every_examples", integer(0, why=" (0: no early stopping, the final weights are reported)"),
@@ -345,6 +350,10 @@ def _check_relations(flat: Mapping[str, Any]) -> None:
     if lr is not None and min_lr is not None and not 0 <= min_lr <= lr:
         raise ConfigError(f"train.min_lr={min_lr!r} is not allowed; expected a number in [0, train.lr={lr}] "
                           "(where the decay ends)")
+    batch, accum = flat.get("train.batch_size"), flat.get("train.accum_steps")
+    if batch is not None and accum is not None and batch % accum:
+        raise ConfigError(f"train.accum_steps={accum!r} is not allowed with train.batch_size={batch}; expected a "
+                          "divisor of it (each update is accum_steps equal micro-batches)")
     scale = flat.get("data.crop_scale")
     if scale is not None and scale[0] > scale[1]:
         raise ConfigError(f"data.crop_scale={_shown(scale)} is not allowed; expected [low, high] with "

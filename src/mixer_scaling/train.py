@@ -179,9 +179,10 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
     computes_in = precision.resolve(str(cfg.train.precision), device)
     with distributed.launched(device) as device:
         ranks = distributed.world_size()
-        if cfg.train.batch_size % ranks:
+        accum = int(cfg.train.get("accum_steps", 1))
+        if cfg.train.batch_size % (ranks * accum):
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not allowed; expected a multiple of "
-                              f"the {ranks} data-parallel ranks")
+                              f"the {ranks} data-parallel ranks × train.accum_steps={accum}")
         with distributed.main_first(), precision.cpu_attention(device):  # downloads once, not once per rank
             built = build_fn(cfg, device)
         built.precision = computes_in

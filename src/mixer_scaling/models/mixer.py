@@ -333,6 +333,7 @@ class MlpMixer(nn.Module):
         self.stem = PatchStem(hw, patch_size, in_chans, embed_dim, parts=token_parts)
         self.num_tokens = self.stem.num_patches
         rates = self.drop_path_rates(num_blocks, drop_path_rate)
+        self.grad_checkpointing = False
         self.blocks = nn.Sequential(
             *[
                 MixerBlock(
@@ -397,6 +398,11 @@ class MlpMixer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing over the blocks (timm's interface, as its ViT and ResNetV2 have):
+        only block inputs are kept for backward, each block's activations recomputed there."""
+        self.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh zero-initialised ``Linear(C, num_classes)`` on the same
         device and dtype as the model (``num_classes = 0`` removes it)."""
@@ -412,7 +418,12 @@ class MlpMixer(nn.Module):
         The blocks run token-major (``(S, B, C)``, see :class:`MixerBlock`); the result is returned as a
         ``(B, S, C)`` view of it."""
         x = self.stem(x).transpose(0, 1).contiguous()  # (B, S, C) view of the conv output → (S, B, C)
-        x = self.blocks(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            from timm.models import checkpoint_seq
+
+            x = checkpoint_seq(self.blocks, x)  # each block's activations recomputed in backward
+        else:
+            x = self.blocks(x)
         return self.norm(x).transpose(0, 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
