@@ -117,8 +117,9 @@ def test_parquet_and_csv_round_trip(synthetic_table, tmp_path):
 
 
 class FakeRun:
-    def __init__(self, i: int, state: str = "finished"):
+    def __init__(self, i: int, state: str = "finished", job_type: str = "pretrain"):
         self.id, self.state, self.group, self.url = f"w{i}", state, "sweep", f"https://wandb.example/w{i}"
+        self.job_type = job_type
         self.config = {"model": {"name": "mixer/b16"}, "data": {"fraction": 0.1, "image_size": 224},
                        "train": {"examples_seen": 1000}, "seed": i, "study": "sweep"}
         self.summary_metrics = {"val_top1": 0.5, "throughput": 10.0, "device_hours": 1.0, "params": 5,
@@ -128,8 +129,9 @@ class FakeRun:
 class FakeApi:
     """Lists runs a page at a time; the first listing hits a rate limit halfway through."""
 
-    def __init__(self, n: int, rate_limited: bool = True, missing: bool = False):
+    def __init__(self, n: int, rate_limited: bool = True, missing: bool = False, analysis: bool = False):
         self.n, self.rate_limited, self.missing, self.calls = n, rate_limited, missing, []
+        self.analysis = analysis  # the study's `figures --wandb` run is in the project too
 
     def runs(self, path, filters=None, per_page=50, lazy=True):
         self.calls.append((path, filters, per_page, lazy))
@@ -140,6 +142,8 @@ class FakeApi:
                 self.rate_limited = False
                 raise RuntimeError("HTTP 429: Too Many Requests")
             yield FakeRun(i, "finished" if i else "crashed")
+        if self.analysis:
+            yield FakeRun(self.n, job_type="analysis")
 
 
 def test_collect_wandb_pages_retries_and_maps_summaries():
@@ -152,6 +156,11 @@ def test_collect_wandb_pages_retries_and_maps_summaries():
     assert row["pretrain_flops"] == 3 * 2.0e9 * 1000 and row["fewshot_digits_5"] == 0.7
     assert df.set_index("run_id").loc["w0", "status"] == "failed"
     assert R.Summary.of_table(df).line == "7 runs: 6 done, 1 failed, 0 running/interrupted, 0 unreadable records skipped"
+
+
+def test_collect_wandb_leaves_out_the_studys_analysis_run():
+    df = R.collect_wandb("me/proj", group="sweep", api=FakeApi(4, rate_limited=False, analysis=True))
+    assert sorted(df["run_id"]) == ["w0", "w1", "w2", "w3"]
 
 
 def test_collect_wandb_bad_projects_are_one_line_user_errors(monkeypatch, tmp_path):

@@ -168,3 +168,8 @@ __all__ = [
     "compare_config", "define_metrics", "fewshot_column", "history_row", "parse_fewshot_column",
     "parse_summary_fewshot", "summary_fewshot_key", "wandb_summary",
 ]
+
+
+#: The W&B job type of the run ``figures --wandb`` logs a study's table and figures to: not a training
+#: run, so ``collect --wandb`` leaves it out.
+ANALYSIS_JOB_TYPE = "analysis"

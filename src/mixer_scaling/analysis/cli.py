@@ -5,10 +5,13 @@
     mixer-scaling figures <results.parquet|results.csv|runs_dir|paper> -o figures/ [--overlay-paper]
                           [--metric val_top1|fewshot|fewshot_<dataset>_<k>] [--k 5] [--dataset NAME]
                           [--compute flops|device_hours|core_days] [--best-over KEY ...] [--select METRIC]
+                          [--wandb [ENTITY/PROJECT]]
+    mixer-scaling dashboard ENTITY/PROJECT [--group STUDY] [--title T] [--dry-run FILE]
 
 ``figures`` on results also writes ``findings.md`` and ``findings.json`` (:mod:`.findings`) and
 ``dashboard.html`` (:mod:`.dashboard`: the figures and the table as one interactive page that opens
-offline from disk), and prints the findings after the summary. ``--best-over KEY`` (repeatable) keeps, per configuration,
+offline from disk), and prints the findings after the summary; with ``--wandb`` it logs them to one W&B
+run as well (:mod:`.wandb_results`). ``dashboard`` builds a W&B report (:mod:`.dashboard_report`). ``--best-over KEY`` (repeatable) keeps, per configuration,
 the value of config column KEY whose runs are best on ``--select`` (default ``select_top1``);
 without it, configurations that differ in KEY are drawn apart, never averaged (:mod:`.aggregate`).
 
@@ -99,6 +102,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from . import figures  # matplotlib only when drawing
 
     check_folder(args.output, "figures -o", beside=True)  # before any work: a bad folder fails now, not at the end
+    target = None
+    if args.wandb is not None:  # checked before any work too
+        from .wandb_results import parse_target
+
+        if args.source == PAPER and not Path(args.source).exists():
+            raise UserError("figures paper --wandb: --wandb logs your results table; give a results table or runs "
+                            "directory")
+        target = parse_target(args.wandb)
     common = dict(n_boot=args.boot, seed=args.seed)
     if args.source == PAPER and not Path(args.source).exists():
         if args.overlay_paper:
@@ -121,10 +132,19 @@ def cmd_figures(args: argparse.Namespace) -> int:
             from .permutation import render_permutation  # Fig. 4, when the runs vary data.permutation
 
             out.files.extend(render_permutation(df, args.output, metric=args.metric))
+    wandb_line = None
+    if target is not None:  # after the figures are written: W&B failing never loses them
+        from .wandb_results import describe, log_results
+
+        info = log_results(df, out.files, entity=target[0], project=target[1], out_dir=out.out_dir,
+                           source=args.source)
+        wandb_line = describe(info, *target)
     print(f"figures in {out.out_dir}:")
     for f in out.files:
         print(f"  {f}")
     print("\n".join(out.summary))
+    if wandb_line:
+        print(wandb_line)
     if out.findings is not None:
         print()
         print(out.findings.markdown(), end="")
@@ -132,7 +152,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add ``collect`` and ``figures`` to an argparse subparsers object."""
+    """Add ``collect``, ``figures`` and ``dashboard`` (:mod:`.dashboard_report`) to an argparse subparsers object."""
+    from .dashboard_report import register as register_dashboard  # wandb-workspaces only when it runs
     c = subparsers.add_parser("collect", help="read every result.json (or a W&B project) into one results table",
                               description="Read every result.json under the given runs directories (recursively), "
                                           "or a W&B project's run summaries, into one table, one row per run.")
@@ -165,4 +186,9 @@ def register(subparsers) -> None:
     f.add_argument("--boot", type=int, default=200,
                    help="bootstrap resamples per fit and for the findings' intervals (default 200)")
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    f.add_argument("--wandb", nargs="?", const="", metavar="ENTITY/PROJECT",
+                   help="also log the results table, every figure and dashboard.html to one W&B run (job type "
+                        "analysis, group = the table's study); alone: the study's W&B settings (conf/wandb)")
     f.set_defaults(fn=cmd_figures)
+
+    register_dashboard(subparsers)

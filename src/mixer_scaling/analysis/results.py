@@ -83,6 +83,7 @@ import pandas as pd
 from ..errors import CorruptFile, UserError, one_line
 from ..records import DONE, FAILED, INTERRUPTED, RESULT_FILE, RUNNING, STATUSES, identity, read_record
 from ..columns import (
+    ANALYSIS_JOB_TYPE,
     COLUMNS, COMPARE_ONLY, FEWSHOT_PREFIX, FLOAT_COLUMNS, INT_COLUMNS, SUMMARY_KEYS, TEXT_COLUMNS, fewshot_column,
     parse_fewshot_column, parse_summary_fewshot,
 )
@@ -736,7 +737,8 @@ def _list_runs(api: Any, path: str, group: str | None, per_page: int) -> Iterato
         runs = api.runs(path, filters=filters, per_page=per_page, lazy=False)
     except TypeError:  # wandb < 0.21 has no `lazy` (and loads config and summary anyway)
         runs = api.runs(path, filters=filters, per_page=per_page)
-    yield from runs
+    # the run `figures --wandb` logs a study's table and figures to is not a training run
+    yield from (run for run in runs if getattr(run, "job_type", None) != ANALYSIS_JOB_TYPE)
 
 
 # ----------------------------------------------------------------------------------------------
