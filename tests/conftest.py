@@ -36,6 +36,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A W&B run made in this process exports WANDB_SERVICE (its service's socket) for child processes;
+    after the test, drop it, so a later test's subprocess (an entry point, a SLURM job) starts its own
+    service as a user's would, instead of writing through this process's."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """Overrides for a seconds-long run writing under tmp_path/runs."""

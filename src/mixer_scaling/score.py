@@ -138,6 +138,7 @@ def score_run(run_dir: Path, tree: Mapping, *, wait: bool = False, lock_held: bo
 
 def _compute(run_dir: Path, record: Mapping, tree: Mapping, todo: Mapping) -> dict:
     import torch
+    from omegaconf import OmegaConf
 
     from . import precision
     from .data.fewshot_sets import build_fewshot_sets
@@ -159,7 +160,7 @@ def _compute(run_dir: Path, record: Mapping, tree: Mapping, todo: Mapping) -> di
         for name, settings in (todo.get("fewshot") or {}).items():
             fcfg = {**(tree.get("fewshot") or {}), "datasets": [name], "shots": settings["shots"]}
             sets = build_fewshot_sets(fcfg, int(record["image_size"]), config["data"], model_patch=record.get("patch"))
-            out.setdefault("fewshot", {}).update(evaluate_fewshot(model, sets, _Attrs(fcfg), device,
+            out.setdefault("fewshot", {}).update(evaluate_fewshot(model, sets, OmegaConf.create(fcfg), device,
                                                                   batch_size=batch, bf16=bf16))
         if "throughput" in todo:
             settings = todo["throughput"]
@@ -167,12 +168,6 @@ def _compute(run_dir: Path, record: Mapping, tree: Mapping, todo: Mapping) -> di
                                                      settings["batch_sizes"], repeats=int(settings["repeats"]),
                                                      bf16=bf16)
     return out
-
-
-class _Attrs(dict):
-    """A plain mapping read with attributes, as the few-shot protocol reads its config node."""
-
-    __getattr__ = dict.__getitem__
 
 
 def _merge(record: dict, todo: Mapping, computed: Mapping) -> None:

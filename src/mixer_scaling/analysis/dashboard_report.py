@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -181,18 +180,12 @@ def specification(report: Any) -> dict:
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (a temp file in the same folder, renamed)."""
+    """Write ``data`` as JSON to ``path`` atomically (:func:`mixer_scaling.records.atomic_write_bytes`)."""
+    from ..records import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
     return path
 
 
