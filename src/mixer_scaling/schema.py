@@ -174,7 +174,8 @@ def _schedules() -> tuple:
     return tuple(SCHEDULES)
 
 
-FOLDERS = ("imagefolder", "cifar10", "cifar100")
+FOLDERS = ("imagefolder", "cifar10", "cifar100", "shards")
+SHARDS = ("shards",)
 RATE = number(0, 1, high_open=True)
 PATH = text(words="a path")
 NOT_IDENTITY = dict(identity=False)
@@ -213,6 +214,8 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("data.train_dir", text(words="a folder name inside data.root"), only=("imagefolder",)),
     Key("data.val_dir", text(words="a folder name inside data.root"), only=("imagefolder",)),
     Key("data.verify_images", boolean(), "open every image at start-up", only=("imagefolder",), **NOT_IDENTITY),
+    Key("data.shuffle_buffer", integer(0, why=" (0: shard order only)"), "samples held for shuffling a stream of "
+        "shards (the sample order, so identity)", only=SHARDS),
     Key("data.fraction", number(0, 1, low_open=True), "nested pre-training subset"),
     Key("data.image_size", integer(4), "training resolution"),
     Key("data.num_classes", integer(2, 3820), "classes of the embedded data", only=("synthetic",)),
@@ -253,6 +256,12 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("train.accum_steps", integer(1, why=" dividing train.batch_size per rank"),
         "micro-batches per update (gradient accumulation)", **NOT_IDENTITY),
     Key("train.grad_checkpointing", boolean(), "activation checkpointing (recompute in backward)", **NOT_IDENTITY),
+    # How fast the device runs the same computation (recorded in result.json, not identity): torch.compile,
+    # TF32 for fp32 matrix products on Ampere and later, channels-last memory for convolutions.
+    Key("train.compile", boolean(), "torch.compile the model", **NOT_IDENTITY),
+    Key("train.tf32", boolean(), "TF32 matrix products on CUDA (fp32 runs)", **NOT_IDENTITY),
+    Key("train.channels_last", choice("auto", True, False), "auto: on for convolutional families (BiT) on CUDA",
+        **NOT_IDENTITY),
     Key("train.log_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),
     Key("train.checkpoint_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),
     Key("train.eval_every_examples", integer(0, why=" (0: no early stopping, the final weights are reported)"),
@@ -271,6 +280,9 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("fewshot.root", PATH | null(), **NOT_IDENTITY),
     Key("fewshot.download", boolean(), **NOT_IDENTITY),
     # W&B: where a run is logged, never what it computes
+    # a resources preset (conf/resources/): what the micro-batch planner fits a cell into
+    Key("resources.gpu_memory_gb", number(0, low_open=True) | null(), "memory of one GPU of the preset (null: "
+        "a CPU preset)", **NOT_IDENTITY),
     Key("wandb.mode", choice("auto", "online", "offline", "disabled"), **NOT_IDENTITY),
     Key("wandb.project", text(), **NOT_IDENTITY),
     Key("wandb.entity", text() | null(), **NOT_IDENTITY),
