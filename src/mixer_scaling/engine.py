@@ -228,12 +228,18 @@ class Loop:
         if start >= self.steps:
             return self.counters
 
-        sampler = StreamSampler(len(self.train_set), t.batch_size, self.steps, seed=self.seed,
-                                start_step=start, rank=self.rank, world_size=self.world_size)
-        loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
-                            num_workers=self.num_workers, pin_memory=device.type == "cuda",
-                            # its own generator, so building the loader never draws from the global RNG
-                            generator=torch.Generator().manual_seed(self._seed(start)))
+        own_loader = getattr(self.train_set, "train_loader", None)
+        if own_loader is not None:  # a stream (shards) orders its own samples: the same contract as below
+            loader = own_loader(batch_size=t.batch_size, total_steps=self.steps, seed=self.seed, start_step=start,
+                                rank=self.rank, world_size=self.world_size, num_workers=self.num_workers,
+                                collate_fn=self.collate_fn, pin_memory=device.type == "cuda")
+        else:
+            sampler = StreamSampler(len(self.train_set), t.batch_size, self.steps, seed=self.seed,
+                                    start_step=start, rank=self.rank, world_size=self.world_size)
+            loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
+                                num_workers=self.num_workers, pin_memory=device.type == "cuda",
+                                # its own generator, so building the loader never draws from the global RNG
+                                generator=torch.Generator().manual_seed(self._seed(start)))
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
