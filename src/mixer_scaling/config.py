@@ -23,7 +23,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-from omegaconf._impl import _resolve_container_value  # what OmegaConf.resolve does per node
 
 from .errors import ConfigError, UserError, one_line
 
@@ -72,11 +71,11 @@ def _resolve(cfg: DictConfig) -> DictConfig:
         for key in list(cfg.keys()):
             if key == "hydra":
                 continue
-            node = cfg._get_node(key)
+            node = None if OmegaConf.is_interpolation(cfg, key) else cfg[key]
             if isinstance(node, (DictConfig, ListConfig)):
                 OmegaConf.resolve(node)
             else:
-                cfg[key] = cfg[key]  # a top-level scalar: reading it resolves it
+                cfg[key] = cfg[key]  # an interpolation or a scalar: reading it resolves it
     except Exception as exc:
         raise ConfigError(f"cannot resolve the config: {one_line(exc)}") from None
     return cfg
@@ -89,13 +88,11 @@ def compose_many(cells: Iterable[Sequence[str]]) -> Iterator[DictConfig]:
     ``model=mixer/tiny``, ``+sweep=demo``) is composed from the YAML files, then the value overrides
     (``seed=3``, ``data.fraction=0.1``) are applied to the result. Cells of a grid share a few group
     choices and differ in values, so the first step is done once per distinct list of group overrides
-    and cached; the second is Hydra's own function (``ConfigLoaderImpl._apply_overrides_to_config``) on
-    a copy, so each config equals what :func:`compose` returns (tested). A cell with anything the
-    cache does not cover (a sweep value, an unparsable override) goes through :func:`compose`, which
-    raises the usual one-line error.
+    and cached; the second applies each plain ``key=value`` to a copy as Hydra does (``OmegaConf.update``
+    with merge), so each config equals what :func:`compose` returns (tested). A cell with anything else
+    (``+``/``++``/``~`` keys, a sweep value, an unparsable override, a key that is not there) goes
+    through :func:`compose`, which gives Hydra's result or the usual one-line error.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
     parser = OverridesParser.create()
     parsed: dict[str, object] = {}      # override string -> its parsed Override (or None: not cacheable)
     checked: set[str] = set()
@@ -114,7 +111,8 @@ def compose_many(cells: Iterable[Sequence[str]]) -> Iterator[DictConfig]:
                 except Exception:
                     parsed[o] = None
             ov = parsed[o]
-            if ov is None or ov.is_sweep_override():
+            if ov is None or ov.is_sweep_override() or ov.is_add() or ov.is_force_add() or ov.is_delete() \
+                    or ov.package is not None:
                 simple = False
                 break
             key = ov.key_or_group
@@ -132,23 +130,20 @@ def compose_many(cells: Iterable[Sequence[str]]) -> Iterator[DictConfig]:
         blob, interpolations = bases[key]
         cfg = pickle.loads(blob)
         try:
-            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise ConfigError(_explain(exc)) from None
+            for ov in values:
+                OmegaConf.update(cfg, ov.key_or_group, ov.value(), merge=True)
+        except Exception:  # compose gives Hydra's own result or error for it
+            yield compose(cell)
+            continue
         if any("${" in str(ov.value()) for ov in values):  # an override brings its own interpolation
             yield _resolve(cfg)
             continue
         try:  # only the base's interpolation nodes can need resolving: resolve those, as _resolve would
             for path, name in interpolations:
                 parent = cfg
-                for part in path:
-                    parent = parent._get_node(part)
-                if path:
-                    _resolve_container_value(parent, name)
-                else:
-                    cfg[name] = cfg[name]
+                for part in path:  # containers, never interpolations (see _interpolations)
+                    parent = parent[part]
+                parent[name] = parent[name]  # reading an interpolation resolves it
         except Exception:  # whatever went wrong, the full pass gives the usual result or error
             _resolve(cfg)
         yield cfg
@@ -165,9 +160,9 @@ def _interpolations(cfg: DictConfig) -> list[tuple[tuple, object]]:
                 continue
             if OmegaConf.is_interpolation(node, k):
                 out.append((path, k))
-            else:
-                child = node._get_node(k)
-                if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            elif not OmegaConf.is_missing(node, k):
+                child = node[k]
+                if isinstance(child, (DictConfig, ListConfig)):
                     walk(child, (*path, k))
 
     walk(cfg, ())
@@ -309,22 +304,18 @@ def missing_keys(cfg: DictConfig) -> set[str]:
     every value: ~5x faster, which counts when a sweep validates thousands of cells."""
     out: set[str] = set()
 
-    def gather(node) -> None:
-        keys = range(len(node)) if isinstance(node, ListConfig) else node.keys()
-        for key in keys:
-            child = node._get_node(key)
-            if child is None:
-                continue
-            if child._is_missing():
-                out.add(node._get_full_key(key))
-            elif child._is_interpolation():  # as OmegaConf does: follow it, and descend if it is a config
-                value = node[key]
-                if OmegaConf.is_config(value):
-                    gather(value)
-            elif isinstance(child, (DictConfig, ListConfig)) and not child._is_none():
-                gather(child)
+    def gather(node, prefix: str) -> None:
+        listed = isinstance(node, ListConfig)
+        for key in range(len(node)) if listed else node.keys():
+            name = f"{prefix}[{key}]" if listed else f"{prefix}.{key}" if prefix else str(key)
+            if OmegaConf.is_missing(node, key):
+                out.add(name)
+            elif not OmegaConf.is_interpolation(node, key):  # an interpolation's target is walked where it is
+                child = node[key]
+                if isinstance(child, (DictConfig, ListConfig)):
+                    gather(child, name)
 
-    gather(cfg)
+    gather(cfg, "")
     return out
 
 
@@ -498,13 +489,15 @@ def _resolve_leaves(node):
     (``${hydra.sweep.dir}`` resolves only inside a running app; ``${oc.env:...}`` does here)."""
     keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
     out = [] if isinstance(node, ListConfig) else {}
+    written = None
     for k in keys:
         try:
             value = node[k]
         except Exception:
-            value = node._get_node(k)._value()
+            written = OmegaConf.to_container(node, resolve=False) if written is None else written
+            value = written[k]
         if isinstance(value, (DictConfig, ListConfig)):
-            value = None if value._is_none() else _resolve_leaves(value)
+            value = _resolve_leaves(value)
         if isinstance(out, list):
             out.append(value)
         else:
