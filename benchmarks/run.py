@@ -35,6 +35,7 @@ BENCHMARKS = [
     ("analysis", "bench_analysis", "6 collect + figures, 10,000 records"),
     ("startup", "bench_startup", "7 process start to first step"),
     ("data", "bench_data", "7 data generation vs training"),
+    ("shards", "bench_shards", "9 shard decoding per core vs a GPU's rate"),
 ]
 
 # Why a goal is missed and what would close it, shown beside a missed row (keyed by benchmark name). From the

@@ -10,6 +10,7 @@
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
     mixer-scaling weights <run> [-o dir]                   a Mixer run's token-mixing weights (paper Fig. 5)
+    mixer-scaling data pack SRC OUT [--image-size N]       an ImageFolder tree or CIFAR into shards (data=shards)
 
 Bad arguments print one line and exit with status 2. Ctrl-C prints one line (finished runs are kept;
 rerun to resume) and exits with status 130.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -206,6 +208,18 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_data_pack(args) -> int:
+    """Pack SRC into shards under OUT (:mod:`.data.pack`); resumable: rerun the same command to finish."""
+    from .data.pack import pack
+
+    check_folder(args.out, "OUT")
+    index = pack(args.src, args.out, image_size=args.image_size, shard_size=args.shard_size, seed=args.seed,
+                 quality=args.quality, workers=args.workers, progress=not args.quiet)
+    splits = ", ".join(f"{s} {v['samples']} images in {len(v['shards'])} shards" for s, v in index["splits"].items())
+    print(f"{args.out}: {splits}; {index['num_classes']} classes; fingerprint {index['fingerprint'][:16]}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixer-scaling", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -236,6 +250,18 @@ def parser() -> argparse.ArgumentParser:
                         "python -m mixer_scaling.finetune", add_help=False)
     ft.add_argument("overrides", nargs=argparse.REMAINDER)
     ft.set_defaults(fn=cmd_finetune)
+    da = sub.add_parser("data", help="data tools: pack an ImageFolder tree or CIFAR into shards")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    pk = dsub.add_parser("pack", help="resized, shuffled webdataset shards + index.json (data=shards data.root=OUT)")
+    pk.add_argument("src", help="an ImageFolder tree (train/, val/ class folders) or a folder with torchvision's CIFAR")
+    pk.add_argument("out", help="the shard folder (rerun the same command to resume an interrupted pack)")
+    pk.add_argument("--image-size", type=int, default=256, help="shorter side of the stored images (default 256)")
+    pk.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    pk.add_argument("--seed", type=int, default=0, help="seeds the fixed sample order (default 0)")
+    pk.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    pk.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    pk.add_argument("--quiet", action="store_true", help="no progress bar")
+    pk.set_defaults(fn=cmd_data_pack)
     from .analysis.cli import register as register_analysis
     from .analysis.weights import register as register_weights
     from .score import register as register_score

@@ -3,6 +3,10 @@
     validate_data_cfg(cfg.data)   # cheap checks of the keys (only directory existence is looked at)
     build_data(cfg.data)          # -> DataBundle: nested train subset (data.fraction), val, sizes, collate
 
+``data=shards`` (:mod:`.shards`, written by ``mixer-scaling data pack``) is read as a stream: its training
+set orders its own batches (``train_loader``, which the engine uses instead of its sampler) and its
+subsets are prefixes of the packed order; the other sets' subsets come from :func:`nested_subset`.
+
 ``data.permutation`` (``patch_pixel`` / ``global``, see :mod:`.permute`) rearranges the pixels of the
 train and val images, after the rest of the pipeline (augmentation included).
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
@@ -25,7 +30,7 @@ from ..errors import ConfigError, DataError
 from .permute import check_permutation_cfg, from_data_cfg, permuted
 from .synthetic import NUM_COMBOS, SyntheticImages
 
-NAMES = ("synthetic", "imagefolder", "cifar10", "cifar100")
+NAMES = ("synthetic", "imagefolder", "cifar10", "cifar100", "shards")
 #: Class ids of the embedded data kept free for held-out few-shot classes.
 HELDOUT_RESERVE = 20
 MAX_SYNTHETIC_CLASSES = NUM_COMBOS - HELDOUT_RESERVE
@@ -165,23 +170,41 @@ def _check_root(cfg: Mapping) -> None:
     name, root = cfg["name"], cfg.get("root")
     if name == "imagefolder":
         what = "an ImageFolder tree with train/ and val/ class folders"
+    elif name == "shards":
+        what = "a folder of shards with index.json (made by mixer-scaling data pack)"
     else:
         what = f"a folder for torchvision's {name} files (or set data.download=true to fetch them there)"
     if root in _UNSET:
         raise DataError(f"data.root is not set; expected {what}, e.g. data.root=/data/{name}")
-    if not Path(str(root)).is_dir() and not (name != "imagefolder" and cfg.get("download") is True):
+    if not Path(str(root)).is_dir() and not (name in ("cifar10", "cifar100") and cfg.get("download") is True):
         raise DataError(f"data.root={str(root)!r} does not exist; expected {what}")
+
+
+class IndexSubset(Subset):
+    """A :class:`~torch.utils.data.Subset` whose ``indices`` is an int64 numpy array (8 bytes an index,
+    not a Python list of ints); items are looked up by plain ``int``."""
+
+    def __getitem__(self, idx):
+        if isinstance(idx, list):
+            return self.dataset[[int(self.indices[i]) for i in idx]]
+        return self.dataset[int(self.indices[idx])]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        picked = [int(i) for i in self.indices[np.asarray(indices, dtype=np.int64)]]
+        if callable(getattr(self.dataset, "__getitems__", None)):
+            return self.dataset.__getitems__(picked)
+        return [self.dataset[i] for i in picked]
 
 
 def nested_subset(ds: Dataset, fraction: float, seed: int) -> Dataset:
     """The first round(f * N) examples of a fixed permutation seeded by ``data.seed`` (the data set's,
     not the run's), so every smaller fraction is inside every larger one, like the paper's JFT subsets.
-    Returns ``ds`` itself at fraction 1, else a :class:`torch.utils.data.Subset` (``.indices`` a list)."""
+    Returns ``ds`` itself at fraction 1, else an :class:`IndexSubset` (``.indices`` an int64 array)."""
     n = _check_subset(len(ds), fraction, "the training images")
     if n == len(ds):
         return ds
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(int(seed)))
-    return Subset(ds, order[:n].tolist())
+    return IndexSubset(ds, order[:n].numpy())
 
 
 def build_data(cfg: Mapping, model_patch: int | None = None) -> DataBundle:
@@ -194,7 +217,11 @@ def build_data(cfg: Mapping, model_patch: int | None = None) -> DataBundle:
     bundle = _build(plain(cfg))
     if index is not None:
         kind = plain(cfg)["permutation"]
-        bundle.train, bundle.val = permuted(bundle.train, index, kind), permuted(bundle.val, index, kind)
+        if hasattr(bundle.train, "train_loader"):  # a stream reads its own batches: the permutation goes inside
+            bundle.train.permutation = index
+        else:
+            bundle.train = permuted(bundle.train, index, kind)
+        bundle.val = permuted(bundle.val, index, kind)
     return bundle
 
 
@@ -215,6 +242,12 @@ def _build(cfg: dict) -> DataBundle:
         )
         val = SyntheticImages(int(cfg["val_size"]), split="val", **common)
         return DataBundle(train, val, int(cfg["num_classes"]), image_size, len(train), full, passthrough, seed)
+
+    if name == "shards":  # the subset is a prefix of the packed order (see .shards)
+        from .shards import shard_sets
+
+        train, val, full = shard_sets(cfg, image_size, fraction, seed)
+        return DataBundle(train, val, len(train.classes), image_size, len(train), full, passthrough, seed)
 
     from .folders import cifar, image_folder_pair
 

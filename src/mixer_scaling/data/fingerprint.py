@@ -13,6 +13,11 @@ user's files, the identity holds a fingerprint of the files instead of the path 
   number of classes, files and bytes. A file added, removed, renamed, moved to another class or
   changed in size changes it; a copy of the tree elsewhere keeps it. A file rewritten in place with
   the same size does not (its bytes are not read: that would cost a pass over the data).
+* ``shards`` (``data=shards``): the content digest ``mixer-scaling data pack`` wrote into the folder's
+  ``index.json`` (SHA-256 over the classes, the image size and every shard's name, sample count and
+  SHA-256), read from the index after checking that every listed shard is there with its size (``stat``
+  only, see :func:`.shards.read_index`); the record keeps, per split, the classes, samples (``files``)
+  and bytes. Re-packing with other settings or other images changes it; a copy elsewhere keeps it.
 * ``synthetic`` data and the ``digits`` and ``synthetic_heldout`` few-shot sets are defined by the
   config: no fingerprint, and their run ids are what they were before fingerprints existed.
 * ``cifar10``/``cifar100``: torchvision checks each file against its MD5 sum at every load, so the
@@ -134,6 +139,13 @@ def data_fingerprints(tree: Mapping) -> dict[str, dict]:
                             "folders, e.g. data.root=/data/imagefolder")
         out["data"] = image_folder_fingerprint(root, {"train": str(data.get("train_dir", "train")),
                                                       "val": str(data.get("val_dir", "val"))}, key="data")
+    if isinstance(data, Mapping) and data.get("name") == "shards":
+        from .shards import fingerprint
+
+        if data.get("root") in (None, "", "???"):
+            raise DataError("data.root is not set; expected a folder of shards with index.json (made by "
+                            "mixer-scaling data pack), e.g. data.root=/data/shards")
+        out["data"] = fingerprint(data.get("root"), key="data")
     fewshot = tree.get("fewshot") if isinstance(tree, Mapping) else None
     if isinstance(fewshot, Mapping):
         names = fewshot.get("datasets")
