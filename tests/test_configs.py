@@ -8,7 +8,8 @@ from mixer_scaling.models import get_spec, list_models
 
 
 def test_config_groups_mirror_the_registry():
-    assert group_options("model") == sorted(list_models())
+    # one config per built-in model, and `timm` for any timm model (model.name=<family>/<timm model name>)
+    assert group_options("model") == sorted([*list_models(), "timm"])
 
 
 @pytest.mark.parametrize("model", group_options("model"))
@@ -16,7 +17,8 @@ def test_every_model_config_composes_and_validates(model):
     cfg = compose([f"model={model}"])
     validate(cfg)
     spec = get_spec(cfg.model.name)
-    assert cfg.model.name == model and spec.family == cfg.model.family
+    assert cfg.model.name == (model if model != "timm" else "convnext/convnext_atto")
+    assert spec.family == (cfg.model.family or cfg.model.name.split("/")[0])
     assert cfg.data.image_size == spec.image_size  # data follows the model's default resolution
 
 

@@ -196,8 +196,10 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("parent", text(words="a run directory or a run id"), "the pre-training run fine-tuned"),
     Key("image_size", integer(1) | null(), "the fine-tuning resolution (null: the parent's)"),
     # model
-    Key("model.name", text(words="a model name"), "registry name, e.g. mixer/b16 (checked against the registry)"),
-    Key("model.family", choice("mixer", "vit", "bit"), "must agree with model.name"),
+    Key("model.name", text(words="a model name"), "<family>/<size>, e.g. mixer/b16, or <family>/<timm model name>, "
+        "e.g. convnext/convnext_atto (checked against the registry and timm)"),
+    Key("model.family", text(r"[a-z][a-z0-9_]*", "a family label: a lowercase identifier (mixer, vit, bit or a timm "
+        "family's, e.g. convnext)") | null(), "must agree with model.name (null: read from it)"),
     Key("model.size", text(words="a size name"), "must agree with model.name"),
     Key("model.image_size", integer(1), "the model's default resolution; data.image_size follows it"),
     Key("model.gelu", choice("exact", "tanh") | null(), "mixer only"),

@@ -101,11 +101,11 @@ def _run_trace(sub: pd.DataFrame, name: str, color: str, symbol: str, group: str
 
 
 def _pareto_view(points: pd.DataFrame, title: str, xlabel: str, ylabel: str, better: str) -> go.Figure:
-    from .figures import FAMILIES, family_of
+    from .figures import family_of, family_styles
 
     fig = go.Figure()
     fams = points["family"].map(family_of)
-    for fam, (color, marker, name, _) in FAMILIES.items():
+    for fam, (color, marker, name, _) in family_styles(fams).items():
         sub = points[fams == fam]
         if not sub.empty:
             fig.add_trace(_run_trace(sub, name, color, _SYMBOLS.get(marker, "circle"), fam))
@@ -119,15 +119,16 @@ def _pareto_view(points: pd.DataFrame, title: str, xlabel: str, ylabel: str, bet
     return fig
 
 
-_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond"}
+_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross",
+            "X": "x", "h": "hexagon", "*": "star", "p": "pentagon", "<": "triangle-left", ">": "triangle-right"}
 
 
 def _scaling_view(points: pd.DataFrame, title: str, xlabel: str, ylabel: str) -> go.Figure:
-    from .figures import FAMILIES, family_of
+    from .figures import family_of, family_styles
 
     fig = go.Figure()
     fams = points["family"].map(family_of)
-    for fam, (_, marker, _, cmap_name) in FAMILIES.items():
+    for fam, (_, marker, _, cmap_name) in family_styles(fams).items():
         models = sorted(points.loc[fams == fam, "model"].astype(str).unique())
         for i, model in enumerate(models):
             color = colors.to_hex(colormaps[cmap_name](0.5 + 0.45 * i / max(len(models) - 1, 1)))

@@ -3,7 +3,8 @@
 Figure kinds (file stems in brackets):
 
 1. Pareto frontier of accuracy against total pre-training compute [``pareto_compute``]: log x axis
-   (FLOPs, device-hours, or TPUv3 core-days for the paper), one colour and marker per family, the
+   (FLOPs, device-hours, or TPUv3 core-days for the paper), one colour and marker per family (a timm
+   family's from :mod:`..models.families`, or one of its own when it is not registered there), the
    frontier drawn and its points labelled, and a saturating power law of error against compute
    fitted to the frontier (dotted, extrapolated to 10× the largest compute, with its bootstrap band).
 2. Accuracy against inference throughput [``pareto_throughput``]: log x axis, frontier drawn
@@ -39,12 +40,13 @@ them succeeded, so bad input (:class:`UserError`, one line) leaves no figure fil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Mapping
 
 import matplotlib
 
@@ -55,6 +57,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
+from ..models.families import FAMILIES as REGISTERED, LABEL, OTHER, styles  # noqa: E402
 from . import reference  # noqa: E402
 from .aggregate import MEASURED, Selection, choose, differing_keys, format_value  # noqa: E402
 from .dashboard import DASHBOARD_FILE, write_dashboard  # noqa: E402
@@ -65,12 +68,28 @@ from .results import (  # noqa: E402
     fewshot_columns, fewshot_datasets, parse_fewshot_column,
 )
 
-FAMILIES = {  # colour, marker, display name, colormap for per-model shades
-    "mixer": ("#d62728", "o", "Mixer", "Reds"),
-    "vit": ("#1f77b4", "s", "ViT", "Blues"),
-    "bit": ("#2ca02c", "^", "BiT", "Greens"),
-    "other": ("#7f7f7f", "D", "other", "Greys"),
-}
+class _Styles(Mapping):
+    """(colour, marker, display name, colormap) of a family, from :mod:`..models.families`: iterates over
+    the registered families and ``other``; looks up any label (an unregistered one gets its own style)."""
+
+    def __iter__(self):
+        return iter([*REGISTERED, OTHER])
+
+    def __len__(self) -> int:
+        return len(REGISTERED) + 1
+
+    def __getitem__(self, label):
+        return family_styles([label])[family_of(label)]
+
+
+def family_styles(labels) -> dict[str, tuple[str, str, str, str]]:
+    """(colour, marker, display name, colormap) of each family among ``labels`` (after :func:`family_of`),
+    in drawing order: registered families in table order, other labels sorted, ``other`` last. Unregistered
+    labels get a colour and marker of their own, the same in every figure (:func:`.models.families.styles`)."""
+    return {k: (f.color, f.marker, f.display, f.cmap) for k, f in styles([family_of(v) for v in labels]).items()}
+
+
+FAMILIES = _Styles()  # colour, marker, display name, colormap for per-model shades
 COMPUTE_AXES = {
     "flops": ("pretrain_flops", "total pre-training compute (FLOPs)"),
     "device_hours": ("device_hours", "total pre-training compute (device-hours)"),
@@ -142,7 +161,8 @@ def pareto_mask(x, y, x_better: str = "lower") -> np.ndarray:
 
 
 def family_of(value) -> str:
-    return value if value in FAMILIES else "other"
+    """``value`` when it is a family label (``mixer``, ``convnext``, any lowercase identifier), else ``other``."""
+    return value if isinstance(value, str) and re.fullmatch(LABEL, value) else OTHER
 
 
 def resolve_metric(df: pd.DataFrame, metric: str | None, k: int | None, dataset: str | None,
@@ -440,7 +460,7 @@ def _log_x(ax) -> None:
 def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, title: str = "",
                 fit: PowerLawFit | None = None) -> None:
     many = len(pts) > _MANY
-    for fam, (color, marker, name, _) in FAMILIES.items():
+    for fam, (color, marker, name, _) in family_styles(pts["family"]).items():
         sub = pts[pts["family"] == fam]
         if sub.empty:
             continue
@@ -472,7 +492,8 @@ def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, 
 def _frontier_line(pts: pd.DataFrame, what: str) -> str:
     front = pts[pts["on_frontier"]].sort_values("x")
     fams = front["family"].value_counts()
-    by_family = ", ".join(f"{FAMILIES[f][2]} {n}" for f, n in fams.items())
+    names = family_styles(fams.index)
+    by_family = ", ".join(f"{names[f][2]} {n}" for f, n in fams.items())
     return f"{what}: {len(front)} of {len(pts)} points on the frontier ({by_family}): {', '.join(front['label'])}"
 
 
@@ -517,7 +538,7 @@ def data_scaling_points(df: pd.DataFrame, x: str, y: str, *, best_over=(), selec
 
 
 def draw_data_scaling(ax, agg: pd.DataFrame, xlabel: str, ylabel: str, fits: dict[str, PowerLawFit]) -> None:
-    for fam, (_, marker, _, cmap_name) in FAMILIES.items():
+    for fam, (_, marker, _, cmap_name) in family_styles(agg["family"]).items():
         lines = sorted(agg.loc[agg["family"] == fam, "line"].unique())
         cmap = plt.get_cmap(cmap_name)
         for i, line in enumerate(lines):
@@ -774,5 +795,5 @@ def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compu
     return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table)
 
 
-__all__ = ["COMPUTE_AXES", "DATA_SIZE_KEYS", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "pareto_mask",
-           "pareto_points", "render", "render_paper", "resolve_metric", "staging", "Study", "study"]
+__all__ = ["COMPUTE_AXES", "DATA_SIZE_KEYS", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "family_styles",
+           "pareto_mask", "pareto_points", "render", "render_paper", "resolve_metric", "staging", "Study", "study"]

@@ -19,14 +19,17 @@ What is stated (keys of ``findings.json``):
   the fitted exponent ``b`` of ``err = a·n^(-b) + c`` (or why there is none);
 * ``gaps``: Mixer − BiT, Mixer − ViT (and ViT − BiT) at the smallest and the largest size, for
   each pair of models with the same size label (``mixer/tiny`` vs ``bit/tiny``) and for the two
-  families' best models at that size, with whether the interval excludes 0;
+  families' best models at that size, with whether the interval excludes 0; any other family in
+  the table (a timm family, e.g. ``convnext``) is compared the same way with each of Mixer, ViT
+  and BiT, and with each other such family (:func:`family_pairs`);
 * ``ordering``: whether each of those orderings flips between the smallest and the largest size;
 * ``crossovers``: where the fitted curves cross (same-size pairs, and the families' envelopes:
   the best fitted accuracy of a family at each size), within the measured range, or beyond it up
   to :data:`EXTRAPOLATE` × the largest size (labelled extrapolated), or not at all;
 * ``frontiers``: which families hold the compute and throughput frontiers and over which range;
 * ``paper_findings``: the paper's three findings, each "holds", "does not hold" or "cannot be
-  concluded", with the numbers behind it;
+  concluded", with the numbers behind it (about Mixer, ViT and BiT only: other families enter
+  them only through the compute frontier, which any family may hold);
 * ``limitations``: what the data cannot tell (too few sizes, one seed, no bootstrap, a family missing).
 """
 
@@ -41,11 +44,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..models.families import display_name, styles
 from .fits import PowerLawFit
 
+#: The paper's families, whose names its findings use; any other family is named by :func:`display_name`.
 FAMILY_NAMES = {"mixer": "Mixer", "vit": "ViT", "bit": "BiT"}
 #: (a, b): gaps are a − b. Mixer against both baselines, and ViT against BiT for the paper's claims.
 PAIRS = (("mixer", "bit"), ("mixer", "vit"), ("vit", "bit"))
+
+
+def family_pairs(families: Sequence[str]) -> list[tuple[str, str]]:
+    """The (a, b) family pairs compared (gaps a − b, orderings, crossovers) among ``families``: :data:`PAIRS`,
+    then each other family against Mixer, ViT and BiT, then the other families against each other (in
+    :func:`order_families` order)."""
+    present = set(families)
+    extra = [f for f in order_families(present) if f not in FAMILY_NAMES]
+    out = [p for p in PAIRS if set(p) <= present]
+    out += [(e, f) for e in extra for f in FAMILY_NAMES if f in present]
+    out += [(a, b) for i, a in enumerate(extra) for b in extra[i + 1:]]
+    return out
+
+
+def order_families(families) -> list[str]:
+    """``families`` in drawing order: registered ones in table order, other labels sorted, ``other`` last."""
+    return [f for f in styles(families) if f in set(families)]
 MIN_SIZES = 4
 EXTRAPOLATE = 10.0
 HOLDS, FAILS, UNKNOWN = "holds", "does not hold", "cannot be concluded"
@@ -98,7 +120,7 @@ class _Cells:
             if n_boot > 0:
                 self.boot[(line, float(x))] = y[rng.integers(0, len(y), size=(n_boot, len(y)))].mean(axis=1)
         first = runs.groupby("line", sort=True).first()
-        order = {f: i for i, f in enumerate(FAMILY_NAMES)}
+        order = {f: i for i, f in enumerate(order_families(set(first["family"].astype(str))))}
         first = first.iloc[sorted(range(len(first)), key=lambda i: (order.get(first["family"].iloc[i], len(order)),
                                                                      first.index[i]))]
         self.lines = {line: {"family": str(r["family"]), "model": str(r["model"]),
@@ -230,7 +252,7 @@ def _frontier(pts: pd.DataFrame | None, runs: pd.DataFrame | None, x_better: str
 
     front = pts[pts["on_frontier"]]
     families = {}
-    for fam in [f for f in (*FAMILY_NAMES, "other") if f in set(pts["family"])]:
+    for fam in order_families(set(pts["family"].astype(str))):
         on = front[front["family"] == fam].sort_values("x")
         families[fam] = {"points": int((pts["family"] == fam).sum()), "on_frontier": int(len(on)),
                          "x_min": float(on["x"].min()) if len(on) else None,
@@ -334,15 +356,15 @@ class Findings:
             if fr is None:
                 continue
             out.append(f"* **{name}** ({fr['metric']} vs {fr['axis']}): held by "
-                       f"{', '.join(FAMILY_NAMES.get(f, f) for f in fr['holders']) or 'nobody'}")
+                       f"{', '.join(display_name(f) for f in fr['holders']) or 'nobody'}")
             for fam, v in fr["families"].items():
                 if v["on_frontier"]:
                     share = fr["bootstrap_share"]
                     share = f"; on it in {100 * share[fam]:.0f}% of bootstrap resamples" if share else ""
-                    out.append(f"  * {FAMILY_NAMES.get(fam, fam)}: {v['on_frontier']} of {v['points']} points, "
+                    out.append(f"  * {display_name(fam)}: {v['on_frontier']} of {v['points']} points, "
                                f"{fr['axis']} {_span(v['x_min'], v['x_max'])} ({', '.join(v['labels'])}){share}")
                 else:
-                    out.append(f"  * {FAMILY_NAMES.get(fam, fam)}: none of {v['points']} points")
+                    out.append(f"  * {display_name(fam)}: none of {v['points']} points")
             if fr["bootstrap_note"]:
                 out.append(f"  * {fr['bootstrap_note']}")
         return "\n".join(out) + "\n"
@@ -366,7 +388,7 @@ def study_findings(runs: pd.DataFrame, fits: Mapping[str, PowerLawFit], *, metri
     cells = _Cells(runs, n_boot, seed)
     sizes = cells.sizes
     counts = [len(v) for v in cells.obs.values()]
-    families = [f for f in FAMILY_NAMES if cells.of_family(f)]
+    families = order_families({m["family"] for m in cells.lines.values()})
     data: dict[str, Any] = {
         "metric": metric, "x": x, "sizes": sizes, "n_sizes": len(sizes),
         "seeds_per_cell": {"min": min(counts), "max": max(counts)}, "level": level, "n_boot": n_boot,
@@ -452,7 +474,7 @@ def _gaps(cells: _Cells, level: float) -> tuple[list[dict[str, Any]], dict[tuple
     gaps, stats = [], {}
     where = {"smallest": cells.sizes[0], "largest": cells.sizes[-1]} if len(cells.sizes) > 1 else \
         {"smallest": cells.sizes[0]}
-    for fa, fb in PAIRS:
+    for fa, fb in family_pairs([m["family"] for m in cells.lines.values()]):
         la, lb = cells.of_family(fa), cells.of_family(fb)
         if not la or not lb:
             continue
@@ -491,7 +513,7 @@ def _ordering(gaps: list[dict], stats: dict[tuple, _Stat], level: float) -> list
         ss, sl = small.sign(level), large.sign(level)
         supported = None if ss is None or sl is None else bool(ss * sl < 0)
         if kind == "family_best":
-            a, b = FAMILY_NAMES[fa], FAMILY_NAMES[fb]
+            a, b = display_name(fa), display_name(fb)
         who = f"{a} vs {b}" if kind == "same_size" else f"{a} vs {b} (best of each)"
         if not flips:
             text = (f"{who}: no flip; {_pts(small.value, sign=True)} at the smallest size, "
@@ -510,7 +532,7 @@ def _ordering(gaps: list[dict], stats: dict[tuple, _Stat], level: float) -> list
 
 def _all_crossovers(cells: _Cells, fits: Mapping[str, PowerLawFit], level: float) -> list[dict[str, Any]]:
     out = []
-    for fa, fb in PAIRS:
+    for fa, fb in family_pairs([m["family"] for m in cells.lines.values()]):
         la, lb = cells.of_family(fa), cells.of_family(fb)
         if not la or not lb:
             continue
@@ -522,8 +544,8 @@ def _all_crossovers(cells: _Cells, fits: Mapping[str, PowerLawFit], level: float
             xs_b = sorted({x for ln in sb for x in cells.sizes_of(ln)})
             lo, hi = max(xs_a[0], xs_b[0]), min(xs_a[-1], xs_b[-1])
             n_sizes = min(len(cells.sizes_of(ln)) for ln in (*sa, *sb))
-            name_a = sa[0] if kind == "same_size" else FAMILY_NAMES[fa]
-            name_b = sb[0] if kind == "same_size" else FAMILY_NAMES[fb]
+            name_a = sa[0] if kind == "same_size" else display_name(fa)
+            name_b = sb[0] if kind == "same_size" else display_name(fb)
             c = _crossover(name_a, name_b, [fits[ln] for ln in sa if ln in fits],
                            [fits[ln] for ln in sb if ln in fits], lo, hi, n_sizes, level)
             what = (f"{name_a} vs {name_b}" if kind == "same_size" else

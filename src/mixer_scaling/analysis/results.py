@@ -5,10 +5,11 @@ few-shot data set and k, ``fewshot_<dataset>_<k>`` (e.g. ``fewshot_digits_5``):
 
 =================  ==============================================================================
 run_id             the run's id (its directory name; the W&B run id for W&B runs)
-family             ``mixer``, ``vit``, ``bit`` (``other`` in the paper's tables)
-model              ``<family>/<size>``, e.g. ``mixer/b16`` (paper names such as ``Mixer-B/16``
-                   in the reference tables)
-size, patch        e.g. ``b16``/16, ``r50x1``/<NA>, ``tiny``
+family             ``mixer``, ``vit``, ``bit``, a timm family's label (``convnext``), ``other``
+                   in the paper's tables
+model              ``<family>/<size>``, e.g. ``mixer/b16``, ``convnext/convnext_atto`` (paper names
+                   such as ``Mixer-B/16`` in the reference tables)
+size, patch        e.g. ``b16``/16, ``r50x1``/<NA>, ``tiny``, ``convnext_atto``/<NA>
 params             parameters with the head
 flops_per_image    forward FLOPs per image (a multiply-add counts 2)
 fraction           pre-training subset as a fraction of the full data set
@@ -568,8 +569,9 @@ _WANDB_STATES = {"finished": DONE, "running": RUNNING, "pending": RUNNING, "cras
 def _model_meta(name: str | None) -> dict[str, Any]:
     """family, size, patch of a registry name ``<family>/<size>``.
 
-    Read from the name when it says all (``mixer/b16`` → patch 16, ``bit/r50x1`` → no patch);
-    otherwise (``mixer/tiny``) from the model registry, which imports torch.
+    Read from the name when it says all (``mixer/b16`` → patch 16, ``bit/r50x1`` → no patch, a timm
+    family's ``deit/deit_tiny_patch16_224`` → patch 16, ``convnext/convnext_atto`` → none); otherwise
+    (``mixer/tiny``) from the model registry, which imports torch.
     """
     if not name:
         return {}
@@ -577,6 +579,9 @@ def _model_meta(name: str | None) -> dict[str, Any]:
     m = re.search(r"(\d+)$", size)
     if family == "bit" or (family in ("mixer", "vit") and m):
         return {"family": family, "size": size, "patch": int(m.group(1)) if family != "bit" else None}
+    if size and family not in ("mixer", "vit") and re.fullmatch(r"[a-z][a-z0-9_]*", family):
+        patch = re.search(r"patch(\d+)", size)  # timm's names say their patch size
+        return {"family": family, "size": size, "patch": int(patch.group(1)) if patch else None}
     try:
         from ..models.registry import get_spec
 

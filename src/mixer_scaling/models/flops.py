@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -81,10 +82,13 @@ def count_model_flops(model: nn.Module, image_size: int, in_chans: int = 3) -> i
 # repeat). Counting a copy with at most two blocks per stack and adding (depth - 2) times the
 # second block's FLOPs and parameters is exact and ~10x faster than running ViT-H/14 or
 # BiT-R200x3 through the meta device (whose ops go through Python reference implementations).
+# A timm family's model has no known stacks (``_stacks`` is empty): it is counted whole.
 _DEPTH_KEY = {"mixer": "num_blocks", "vit": "depth", "bit": "layers"}
 
 
 def _stacks(spec: ModelSpec) -> list[tuple[str, int]]:
+    if spec.from_timm:
+        return []
     depth = spec.kwargs[_DEPTH_KEY[spec.family]]
     if spec.family == "bit":
         return [(f"stages.{i}.blocks", int(d)) for i, d in enumerate(depth)]
@@ -92,6 +96,8 @@ def _stacks(spec: ModelSpec) -> list[tuple[str, int]]:
 
 
 def _reduced(spec: ModelSpec) -> ModelSpec:
+    if not _stacks(spec):
+        return spec
     depth = spec.kwargs[_DEPTH_KEY[spec.family]]
     short = tuple(min(int(d), 2) for d in depth) if spec.family == "bit" else min(int(depth), 2)
     return dataclasses.replace(spec, kwargs={**spec.kwargs, _DEPTH_KEY[spec.family]: short})
@@ -109,9 +115,10 @@ def _counts(name: str, image_size: int, num_classes: int) -> _Counts:
     spec = get_spec(name)
     stacks = _stacks(spec)
     short = _reduced(spec)
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some timm models note that they run on meta
         model = build_from_spec(short, num_classes, image_size)
-    counter = _run_counter(model, image_size)
+        counter = _run_counter(model, image_size)
     per_module = counter.get_flop_counts()
     flops = int(counter.get_total_flops())
     params = count_params(model, head=True)
@@ -131,10 +138,11 @@ def _counts(name: str, image_size: int, num_classes: int) -> _Counts:
 
 
 def forward_flops(name: str, image_size: int | None = None, num_classes: int = 1000) -> int:
-    """Forward FLOPs per image (multiply-add = 2) of registry model ``name`` at ``image_size``
-    (``None``: its default), with a ``num_classes`` head; counted with ``FlopCounterMode`` on the
-    meta device (depth-reduced, see above; equal to :func:`count_model_flops` of the full model,
-    which the tests check). Cached per process."""
+    """Forward FLOPs per image (multiply-add = 2) of registry model ``name`` (a built-in model or
+    ``<family>/<timm model name>``) at ``image_size`` (``None``: its default), with a ``num_classes``
+    head; counted with ``FlopCounterMode`` on the meta device (built-in models depth-reduced, see
+    above, timm families' whole; equal to :func:`count_model_flops` of the full model, which the
+    tests check). Cached per process."""
     spec = get_spec(name)
     size = spec.image_size if image_size is None else int(image_size)
     return _counts(name, size, num_classes).flops

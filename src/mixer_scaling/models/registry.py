@@ -11,6 +11,10 @@ Names are ``<family>/<size>`` and equal the Hydra option of the ``model`` config
   with eps 1e-8, BiT's "fixed" padded max-pool stem).
 * ``<family>/{tiny,micro}``: ~1M- and ~0.2M-parameter members of each family for 32×32 images
   (CIFAR) that train on a couple of CPU cores.
+* ``<label>/<timm model name>``, e.g. ``convnext/convnext_atto``: any timm model, randomly initialised
+  by ``timm.create_model``, in the family ``<label>`` (any lowercase identifier other than the three
+  above; :mod:`.families` holds the registered ones). Its spec is made on first use (:func:`get_spec`):
+  default resolution from timm's ``pretrained_cfg``, patch size from its patch embedding, if any.
 
 ``build_model`` validates its config and raises :class:`ConfigError` (one line) on bad input.
 ``prelogits`` returns the frozen features few-shot evaluation uses, for every family.
@@ -18,21 +22,32 @@ Names are ``<family>/<size>`` and equal the Hydra option of the ``model`` config
 
 from __future__ import annotations
 
+import difflib
 import numbers
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from mixer_scaling.errors import ConfigError
+from mixer_scaling.models.families import (
+    BUILTIN,
+    LABEL,
+    check_label,
+    get_family,
+    is_convolutional,
+)
 from mixer_scaling.models.mixer import GELU_KINDS, MlpMixer
 
-__all__ = ["FAMILIES", "ModelSpec", "build_from_spec", "build_model", "get_spec", "list_models", "prelogits"]
+__all__ = ["FAMILIES", "ModelSpec", "build_from_spec", "build_model", "get_spec", "is_convolutional", "list_models",
+           "prelogits"]
 
-FAMILIES = ("mixer", "vit", "bit")
+#: The built-in families (the registry's own table); every other family label is a timm family.
+FAMILIES = BUILTIN
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,8 @@ class ModelSpec:
     image size and regularisation, which :func:`build_model` adds). ``patch`` is ``None`` for
     BiT; ``image_size`` is the default resolution (224 for paper sizes, 32 for the CPU sizes).
     ``timm_name`` names timm's registered model with the same architecture where one exists.
+    ``from_timm``: a timm family's model, built by ``timm.create_model(timm_name)``; its ``kwargs`` hold
+    only ``fixed_input_size`` (timm's pretrained_cfg: the model is built for each resolution).
     """
 
     name: str
@@ -53,6 +70,7 @@ class ModelSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     timm_name: str | None = None
     description: str = ""
+    from_timm: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,16 +204,72 @@ _REGISTRY: dict[str, ModelSpec] = _make_table()
 
 
 def list_models(family: str | None = None) -> list[str]:
-    """All registry names (``<family>/<size>``) in table order, optionally of one family."""
+    """The built-in models (``<family>/<size>``, one Hydra config each) in table order, optionally of one
+    family; for a registered timm family with a list of timm names, those (``<family>/<timm name>``)."""
+    entry = get_family(family) if family not in (None, *BUILTIN) else None
+    if entry is not None:
+        return [f"{family}/{n}" for n in entry.timm]
     return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec of ``name``; :class:`ConfigError` naming the known models if there is none."""
+    """The spec of ``name``: a built-in model, or ``<label>/<timm model name>`` (made and cached on first
+    use, which imports timm and builds the model once on the meta device); :class:`ConfigError` (one line)
+    naming what is allowed otherwise."""
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
-    if spec is None:
-        raise ConfigError(f"model.name={name!r} is not a known model; known: {', '.join(list_models())}")
-    return spec
+    if spec is not None:
+        return spec
+    family, sep, size = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not sep or family in BUILTIN or re.fullmatch(LABEL, family) is None:
+        raise ConfigError(f"model.name={name!r} is not a known model; known: {', '.join(list_models())}; or any "
+                          f"timm model as <family>/<timm model name> with a family label other than "
+                          f"{', '.join(BUILTIN)} (e.g. convnext/convnext_atto)")
+    return _timm_spec(family, size)
+
+
+@lru_cache(maxsize=None)
+def _timm_spec(family: str, size: str) -> ModelSpec:
+    import timm
+
+    name = f"{family}/{size}"
+    if "." in size:
+        raise ConfigError(f"model.name={name!r} names a pretrained tag; allowed: the architecture name alone "
+                          f"({family}/{size.split('.')[0]}): weights are never loaded")
+    if not timm.is_model(size):
+        close = difflib.get_close_matches(size, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; close: {', '.join(f'{family}/{c}' for c in close)}" if close else ""
+        raise ConfigError(f"model.name={name!r}: {size!r} is not a timm model; allowed: a name timm.list_models() "
+                          f"gives{hint}")
+    entry = get_family(family)
+    if entry is not None and entry.timm and size not in entry.timm:
+        raise ConfigError(f"model.name={name!r}: family {family} takes the timm models {', '.join(entry.timm)}; "
+                          f"allowed: one of those, or another family label")
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(size)
+    input_size = getattr(cfg, "input_size", None) or (3, 224, 224)
+    fixed = bool(getattr(cfg, "fixed_input_size", False))
+    model = _meta_timm(size, fixed, int(input_size[-1]))
+    return ModelSpec(name=name, family=family, size=size, patch=_patch_of(model), image_size=int(input_size[-1]),
+                     kwargs={"fixed_input_size": fixed}, timm_name=size, from_timm=True,
+                     description=f"timm {size} ({type(model).__name__})")
+
+
+@lru_cache(maxsize=64)
+def _meta_timm(size: str, fixed: bool, image_size: int) -> nn.Module:
+    with torch.device("meta"):
+        return _create_timm(size, fixed, 1000, image_size)
+
+
+def _patch_of(model: nn.Module) -> int | None:
+    """The (square) patch size of a model's patch embedding, None when it has none."""
+    from timm.layers import PatchEmbed
+
+    for m in model.modules():
+        if isinstance(m, PatchEmbed):
+            p = m.patch_size
+            return int(p[0]) if isinstance(p, (tuple, list)) else int(p)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +332,21 @@ def _build_bit(spec: ModelSpec, num_classes: int, image_size: int, *, drop_rate:
     return model
 
 
+def _create_timm(size: str, fixed_input_size: bool, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if fixed_input_size:  # position embeddings or token MLPs sized for the grid: built for this resolution
+        kwargs["img_size"] = image_size
+    return timm.create_model(size, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def _build_timm(spec: ModelSpec, num_classes: int, image_size: int, *, drop_rate: float,
+                drop_path_rate: float) -> nn.Module:
+    # Only rates that are set are passed: not every timm model takes both.
+    rates = {k: v for k, v in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)) if v}
+    return _create_timm(spec.timm_name, bool(spec.kwargs.get("fixed_input_size")), num_classes, image_size, **rates)
+
+
 _BUILDERS = {"mixer": _build_mixer, "vit": _build_vit, "bit": _build_bit}
 
 
@@ -282,9 +371,14 @@ def _check_rate(key: str, value: Any) -> float:
 
 
 def check_image_size(spec: ModelSpec, image_size: Any) -> int:
+    """``image_size`` as an int if ``spec`` builds and runs at it; else a one-line :class:`ConfigError`.
+    Built-in families check their patch and minimum size; a timm model is built and run once on the meta
+    device at that size (cached), so whatever timm refuses is reported."""
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise ConfigError(f"data.image_size={image_size!r} is not allowed for model {spec.name}; allowed: a positive integer")
     image_size = int(image_size)
+    if spec.from_timm:
+        return _check_timm_size(spec, image_size)
     if spec.patch is not None and image_size % spec.patch:
         raise ConfigError(
             f"data.image_size={image_size} is not divisible by the patch size {spec.patch} of model {spec.name}; "
@@ -294,6 +388,33 @@ def check_image_size(spec: ModelSpec, image_size: Any) -> int:
     if spec.family == "bit" and image_size < min_size:
         raise ConfigError(f"data.image_size={image_size} is too small for model {spec.name}; allowed: >= {min_size}")
     return image_size
+
+
+def _check_timm_size(spec: ModelSpec, image_size: int) -> int:
+    if spec.patch is not None and image_size % spec.patch:
+        raise ConfigError(
+            f"data.image_size={image_size} is not divisible by the patch size {spec.patch} of model {spec.name}; "
+            f"allowed: multiples of {spec.patch} (default {spec.image_size})"
+        )
+    try:
+        _runs_at(spec.timm_name, bool(spec.kwargs.get("fixed_input_size")), image_size)
+    except Exception as exc:  # timm's or torch's own words, first line
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"data.image_size={image_size} does not fit model {spec.name} (timm: {why}); allowed: a "
+                          f"resolution timm's {spec.timm_name} builds and runs at (default {spec.image_size})") from None
+    return image_size
+
+
+@lru_cache(maxsize=None)
+def _runs_at(size: str, fixed: bool, image_size: int) -> None:
+    """Build ``size`` on the meta device at ``image_size`` and run one image through it (raises what timm raises)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _meta_timm(size, fixed, image_size).eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device="meta"))
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int, image_size: int | None = None) -> nn.Module:
@@ -309,13 +430,14 @@ def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
                     image_size: int | None = None) -> tuple[ModelSpec, int, dict[str, Any]]:
     """Validate a ``model`` config node without building anything; returns (spec, image size, builder kwargs).
 
-    Keys: ``name`` (required, e.g. ``'mixer/b16'``); optional ``gelu`` (mixer only, ``'exact'``
-    default or ``'tanh'``), ``drop_rate`` (dropout before the head, default 0),
+    Keys: ``name`` (required, e.g. ``'mixer/b16'`` or ``'convnext/convnext_atto'``); optional ``gelu``
+    (mixer only, ``'exact'`` default or ``'tanh'``), ``drop_rate`` (dropout before the head, default 0),
     ``drop_path_rate`` (stochastic depth, default 0; linear over blocks for Mixer and ViT,
-    over stages for BiT as timm does), ``token_groups`` (mixer only: 1 tied, the default; G
-    unties token mixing into G channel groups, paper App. A). If present, ``family`` and ``size`` must agree with
-    ``name``; ``image_size`` in ``cfg`` is ignored (pass ``data.image_size`` as ``image_size``;
-    ``None`` uses the spec's default). Weights are randomly initialised (never pretrained).
+    over stages for BiT as timm does; a timm model applies them as its timm class does, and one
+    that does not take a rate refuses it), ``token_groups`` (mixer only: 1 tied, the default; G
+    unties token mixing into G channel groups, paper App. A). If present, ``family`` (a lowercase
+    identifier) and ``size`` must agree with ``name``; ``image_size`` in ``cfg`` is ignored (pass
+    ``data.image_size`` as ``image_size``; ``None`` uses the spec's default). Weights are randomly initialised (never pretrained).
 
     Raises :class:`ConfigError` with a one-line message for any invalid value.
     """
@@ -324,6 +446,8 @@ def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
     name = _get(cfg, "name")
     if name is None:
         raise ConfigError(f"model.name is missing; known: {', '.join(list_models())}")
+    if _get(cfg, "family") is not None:
+        check_label(_get(cfg, "family"))
     spec = get_spec(name)
     for key in ("family", "size"):
         given = _get(cfg, key)
@@ -354,7 +478,28 @@ def check_model_cfg(cfg: Mapping[str, Any], num_classes: int = 1000,
             raise ConfigError(f"model.gelu={gelu!r} applies to mixer models only; model.name={name!r} takes no gelu")
         if _get(cfg, "token_groups", 1) != 1:
             raise ConfigError(f"model.token_groups applies to mixer models only; model.name={name!r} has no token mixing MLP")
+    if spec.from_timm:
+        _check_timm_rates(spec, kwargs)
     return spec, image_size, kwargs
+
+
+def _check_timm_rates(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
+    """A rate set for a timm model whose class does not take it is refused, not ignored."""
+    for key in ("drop_rate", "drop_path_rate"):
+        if kwargs[key]:
+            try:
+                _meta_with(spec.timm_name, key)
+            except TypeError as exc:
+                raise ConfigError(f"model.{key}={kwargs[key]!r} is not taken by timm model {spec.timm_name} "
+                                  f"({exc}); allowed: 0") from None
+
+
+@lru_cache(maxsize=None)
+def _meta_with(size: str, key: str) -> None:
+    import timm
+
+    with torch.device("meta"):
+        timm.create_model(size, pretrained=False, **{key: 0.1})
 
 
 def build_from_spec(
@@ -372,6 +517,8 @@ def build_from_spec(
     ``dataclasses.replace`` (the FLOP counter does this)."""
     image_size = spec.image_size if image_size is None else image_size
     kwargs: dict[str, Any] = dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    if spec.from_timm:
+        return _build_timm(spec, num_classes, image_size, **kwargs)
     if spec.family == "mixer":
         kwargs.update(gelu=gelu, token_groups=token_groups)
     return _BUILDERS[spec.family](spec, num_classes, image_size, **kwargs)
@@ -382,8 +529,9 @@ def prelogits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Our Mixer: final LayerNorm then mean over tokens (``forward_features``). timm ViT: the class
     token after the final LayerNorm; timm ResNetV2: global average pool after the final
-    GroupNorm+ReLU (both via ``forward_head(forward_features(x), pre_logits=True)``, which also
-    applies timm's head dropout in train mode, so call this under ``model.eval()``).
+    GroupNorm+ReLU; any other timm model: what its head reads before the classifier (all three via
+    ``forward_head(forward_features(x), pre_logits=True)``, which also applies timm's head dropout in
+    train mode, so call this under ``model.eval()``).
     """
     if isinstance(model, MlpMixer):
         return model.forward_features(x)
