@@ -95,6 +95,43 @@ def folder_named_parquet(tmp: Path) -> None:
     (tmp / "old.parquet").mkdir()
 
 
+def _shards(tmp: Path) -> Path:
+    from mixer_scaling.data.pack import pack
+
+    pack(_tree(tmp / "src"), tmp / "data", image_size=16, shard_size=2, progress=False)
+    return tmp / "data"
+
+
+def shards_truncated(tmp: Path) -> None:
+    shard = _shards(tmp) / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-700])
+
+
+def shards_missing_shard(tmp: Path) -> None:
+    (_shards(tmp) / "train-000000.tar").unlink()
+
+
+def shards_no_index(tmp: Path) -> None:
+    (_shards(tmp) / "index.json").unlink()
+
+
+def shards_bad_index(tmp: Path) -> None:
+    import json
+
+    index = _shards(tmp) / "index.json"
+    doc = json.loads(index.read_text())
+    doc["splits"]["val"]["samples"] = 5
+    index.write_text(json.dumps(doc))
+
+
+def shards_packed(tmp: Path) -> None:
+    _shards(tmp)
+
+
+def image_tree(tmp: Path) -> None:
+    _tree(tmp / "data")
+
+
 def empty_fewshot_table(tmp: Path) -> None:
     """A results table whose few-shot columns are all empty (the few-shot evaluation never ran)."""
     recs = synthetic_records(28, seed=3)
@@ -150,6 +187,8 @@ class Case:
 
 TRAIN = ("{tiny}",)  # the tiny run overrides, runs_dir={runs} and wandb.mode=offline
 IMAGEFOLDER = ("{not_data}", "data=imagefolder", "data.image_size=32")
+SHARDS = ("{not_data}", "data=shards", "data.image_size=32")
+TIMM = (*TRAIN, "model=timm")
 LAUNCH = ("sweep", "launch")
 DRY = ("--executor", "local", "--dry-run")
 
@@ -346,6 +385,41 @@ CASES = [
     Case("table-empty-metric", "table", "cli", ("figures", "{tmp}/noshots.parquet", "-o", "{tmp}/figs",
                                                 "--metric", "fewshot_digits_5"),
          ("fewshot_digits_5 has no values", "--metric", "val_top1"), setup=empty_fewshot_table),
+    # --- sharded data (mixer-scaling data pack, data=shards) ------------------------------------------
+    Case("data-shards-truncated", "data", "train", (*SHARDS, "data.root={data}"),
+         ("train-000001.tar", "index.json says", "truncated"), setup=shards_truncated),
+    Case("data-shards-missing-shard", "data", "train", (*SHARDS, "data.root={data}"),
+         ("train-000000.tar", "listed in index.json but missing"), setup=shards_missing_shard),
+    Case("data-shards-no-index", "data", "train", (*SHARDS, "data.root={data}"),
+         ("index.json is missing", "data pack", "interrupted"), setup=shards_no_index),
+    Case("data-shards-bad-index", "data", "train", (*SHARDS, "data.root={data}"),
+         ("val shards' sample counts sum to 4", "says 5"), setup=shards_bad_index),
+    Case("data-shards-missing-root", "data", "train", (*SHARDS, "data.root={tmp}/no/such"),
+         ("data.root=", "does not exist", "index.json")),
+    Case("data-shards-bad-buffer", "config", "train", (*SHARDS, "data.root={data}", "data.shuffle_buffer=-1"),
+         ("data.shuffle_buffer=-1", ">= 0"), setup=shards_packed),
+    Case("cli-pack-no-src", "cli", "cli", ("data", "pack", "{tmp}/nope", "{tmp}/out"),
+         ("SRC=", "nope", "does not exist", "ImageFolder")),
+    Case("cli-pack-bad-shard-size", "cli", "cli", ("data", "pack", "{data}", "{tmp}/out", "--shard-size", "0"),
+         ("--shard-size=0", "integer >= 1"), setup=image_tree),
+    Case("cli-pack-settings-changed", "cli", "cli", ("data", "pack", "{tmp}/src", "{data}", "--image-size", "24",
+                                                    "--shard-size", "2"),
+         ("OUT=", "image_size=16", "image_size=24", "same settings"), setup=shards_packed),
+    # --- any timm architecture (model=timm) --------------------------------------------------------
+    Case("config-timm-unknown", "config", "train", (*TIMM, "model.name=convnext/convnext_atoo"),
+         ("model.name='convnext/convnext_atoo'", "not a timm model", "convnext/convnext_atto")),
+    Case("config-timm-family-label", "config", "train", (*TIMM, "model.family=ConvNeXt"),
+         ("model.family='ConvNeXt'", "lowercase identifier")),
+    Case("config-timm-builtin-label", "config", "train", (*TIMM, "model.name=vit/deit_tiny_patch16_224"),
+         ("model.name='vit/deit_tiny_patch16_224'", "not a known model", "other than mixer, vit, bit")),
+    Case("config-timm-family-mismatch", "config", "train", (*TIMM, "model.name=resnet/resnet18",
+                                                            "model.family=convnext"),
+         ("model.family='convnext'", "model.name='resnet/resnet18'", "'resnet'")),
+    Case("config-timm-tag", "config", "train", (*TIMM, "model.name=resnet/resnet18.a1_in1k"),
+         ("resnet/resnet18.a1_in1k", "pretrained tag", "resnet/resnet18")),
+    Case("config-timm-patch", "config", "train", (*TIMM, "model.name=deit/deit_tiny_patch16_224",
+                                                  "model.image_size=40"),
+         ("data.image_size=40", "patch size 16", "multiples of 16")),
     Case("launcher-runs-dir-percent", "launcher", "cli", (*LAUNCH, "smoke", "runs_dir={tmp}/runs_%j", "--executor",
                                                           "slurm", "--dry-run"),
          ("runs_dir=", "runs_%j", "'%'", "SLURM", "without '%'")),
