@@ -22,6 +22,13 @@ cell gets the smallest preset whose model fits (:data:`PRESET_GFLOPS`) unless ``
 is given. Launcher keys are hydra-submitit-launcher's (``hydra.launcher.partition=...``), checked
 against its schema before anything is submitted.
 
+On a GPU preset (``resources.gpu_memory_gb`` set) each cell to run gets a memory plan
+(:func:`mixer_scaling.memory.plan_cell`): the largest micro-batch of its per-rank batch that fits the card,
+without activation checkpointing if possible, applied as ``train.accum_steps`` and
+``train.grad_checkpointing`` — neither is identity, so run ids do not change. Values the user set on the
+command line are kept and checked. A cell that cannot fit stops the launch, in one line, before anything is
+created or submitted.
+
 Inside a job, :class:`CellJob` runs the cell (resuming from its checkpoint) and is checkpointable:
 on SLURM's pre-timeout or preemption signal the run saves a checkpoint, then hands the signal to
 submitit, which resubmits the same call and requeues the job.
@@ -37,7 +44,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -131,14 +138,30 @@ def forced_preset(launcher_overrides: Sequence[str]) -> str | None:
     return chosen[-1] if chosen and chosen[-1] != "null" else None
 
 
-def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str]) -> dict:
-    """The launcher config for one preset: hydra-submitit-launcher's schema, our defaults, the preset,
-    then the user's ``hydra.launcher.*`` overrides (an unknown key is a ConfigError)."""
+def _preset_cfg(executor: str, preset: str, launcher_overrides: Sequence[str]):
+    """The preset composed with the launcher of ``executor`` and the user's ``hydra.launcher.*`` and
+    ``resources.*`` overrides (a fresh config: callers may change it)."""
     if any(o.startswith("hydra/launcher=") for o in launcher_overrides):
         raise ConfigError("hydra/launcher is chosen by --executor in sweep launch (slurm, local or debug)")
     keys = [o for o in launcher_overrides if not o.lstrip("+").startswith("resources=")]
     launcher = "slurm" if executor == "slurm" else "local"
-    cfg = compose([f"hydra/launcher={launcher}", f"resources={preset}", *keys], with_hydra=True, resolve=False)
+    return compose([f"hydra/launcher={launcher}", f"resources={preset}", *keys], with_hydra=True, resolve=False)
+
+
+def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str]) -> dict:
+    """The launcher config for one preset: hydra-submitit-launcher's schema, our defaults, the preset,
+    then the user's ``hydra.launcher.*`` overrides (an unknown key is a ConfigError)."""
+    return preset_settings(executor, preset, launcher_overrides)[0]
+
+
+def preset_settings(executor: str, preset: str, launcher_overrides: Sequence[str]) -> tuple[dict, float | None]:
+    """(:func:`launcher_params`, one GPU's memory in GB: ``resources.gpu_memory_gb`` after the user's
+    overrides of it, None for a CPU preset) of one preset, from one composition."""
+    from .schema import check_value
+
+    cfg = _preset_cfg(executor, preset, launcher_overrides)
+    memory_gb = OmegaConf.select(cfg, "resources.gpu_memory_gb")
+    check_value("resources.gpu_memory_gb", memory_gb)
     node = cfg.hydra.launcher
     with open_dict(node):
         for key in ("_target_", "submitit_folder", "name"):
@@ -148,7 +171,7 @@ def launcher_params(executor: str, preset: str, launcher_overrides: Sequence[str
     except Exception as exc:
         raise ConfigError(f"cannot resolve the launcher config: {one_line(exc)}") from None
     check_launcher_values(params)
-    return params
+    return params, None if memory_gb is None else float(memory_gb)
 
 
 def make_executor(executor: str, params: dict, folder: Path, name: str) -> submitit.AutoExecutor:
@@ -223,6 +246,41 @@ def _run_slurm(cmd: list[str]) -> str:
     if proc.returncode != 0:
         raise UserError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     return proc.stdout
+
+
+# Keys the memory plan sets; a value given on the command line is the user's and is kept.
+PLAN_KEYS = ("train.accum_steps", "train.grad_checkpointing")
+
+
+def user_setting(cell: Cell, key: str):
+    """The value of ``key`` if the cell's overrides set it (the command line or a sweep axis), else None."""
+    given = [o for o in cell.overrides if o.lstrip("+").partition("=")[0] == key]
+    return cell.value(key) if given else None
+
+
+def memory_plan(cell: Cell, preset: str, ranks: int, memory_gb: float, sweep_name: str):
+    """The cell's :class:`~mixer_scaling.memory.CellPlan` on ``ranks`` GPUs of ``memory_gb`` each."""
+    from .memory import plan_cell
+
+    return plan_cell(cell.value("model.name"), int(cell.value("data.image_size")), _num_classes(cell),
+                     int(cell.value("train.batch_size")), ranks, memory_gb,
+                     precision=str(cell.value("train.precision")), optimizer=str(cell.value("train.optimizer")),
+                     what=f"sweep {sweep_name}, cell {cell.label} on resources={preset}",
+                     accum_steps=user_setting(cell, PLAN_KEYS[0]), grad_checkpointing=user_setting(cell, PLAN_KEYS[1]))
+
+
+def apply_memory_plan(cell: Cell, plan) -> None:
+    """Set the plan's ``train.accum_steps`` and ``train.grad_checkpointing`` in the cell (config, plain copy,
+    overrides). Neither is identity: the run id stays (checked)."""
+    values = {"accum_steps": plan.accum_steps, "grad_checkpointing": plan.grad_checkpointing}
+    for key, value in values.items():
+        cell.cfg.train[key] = value
+        if cell.resolved is not None:
+            cell.resolved["train"][key] = value
+    cell.overrides = [o for o in cell.overrides if o.lstrip("+").partition("=")[0] not in PLAN_KEYS] + plan.overrides()
+    if run_id_of(cell.resolved if cell.resolved is not None else cell.config) != cell.run_id:
+        raise RuntimeError(f"the memory plan changed the run id of {cell.label}: {', '.join(PLAN_KEYS)} must not be "
+                           "identity (mixer_scaling.schema)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +370,7 @@ class Plan:
     presets: dict[str, str]                    # run_id → preset
     params: dict[str, dict]                    # preset → launcher params
     chunk_size: int
+    memory: dict = field(default_factory=dict)  # run_id → its memory plan (GPU presets only)
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -392,14 +451,28 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
     # Presets of the cells to run only: a preset counts the model's FLOPs, which a done cell never needs.
     presets = {c.run_id: preset_for(c, forced) for c in todo}
     # The launcher overrides are checked even when nothing is to run (any preset will do for that).
-    params = {p: launcher_params(executor, p, sweep.launcher_overrides)
-              for p in dict.fromkeys(presets.values()) or [forced or "cpu"]}
+    settings = {p: preset_settings(executor, p, sweep.launcher_overrides)
+                for p in dict.fromkeys(presets.values()) or [forced or "cpu"]}
+    params = {p: par for p, (par, _) in settings.items()}
     for cell in todo:  # DDP splits the global batch over every task of the job
         par = params[presets[cell.run_id]]
         ranks = int(par.get("nodes") or 1) * int(par.get("tasks_per_node") or 1)
         if executor != "debug" and int(cell.value("train.batch_size")) % ranks:
             raise ConfigError(f"train.batch_size={cell.value('train.batch_size')} does not split over the {ranks} "
                               f"tasks of resources {presets[cell.run_id]} ({cell.label}); allowed: a multiple of {ranks}")
+    # Every cell's memory plan before any is applied or anything submitted: all or nothing. The debug
+    # executor runs the cells in this process, not on the preset's GPUs.
+    memory = {}
+    if executor != "debug":
+        for cell in todo:
+            preset = presets[cell.run_id]
+            par, memory_gb = settings[preset]
+            if memory_gb is not None:
+                ranks = int(par.get("nodes") or 1) * int(par.get("tasks_per_node") or 1)
+                memory[cell.run_id] = memory_plan(cell, preset, ranks, memory_gb, sweep.name)
+        for cell in todo:
+            if cell.run_id in memory:
+                apply_memory_plan(cell, memory[cell.run_id])
     chunk = max(1, len(todo))
     check_cluster = check_cluster and executor == "slurm"
     if check_cluster:
@@ -410,7 +483,7 @@ def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_c
         if max_array_size < 1:
             raise ConfigError(f"--max-array-size={max_array_size} is not allowed; expected an integer >= 1")
         chunk = min(chunk, max_array_size)
-    out = Plan(sweep, executor, states, todo, presets, params, chunk)
+    out = Plan(sweep, executor, states, todo, presets, params, chunk, memory)
     if check_cluster:  # all or nothing: every array must be acceptable before the first is submitted
         for preset, cells in out.groups():
             ex = make_executor("slurm", params[preset], out.log_folder(cells[0].value("runs_dir")), sweep.name)

@@ -43,8 +43,9 @@ TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED, DAMAGED, TO_SCORE)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(run overrides, launcher overrides): ``hydra/launcher=``, ``hydra.launcher.*`` and ``resources=``
-    choose how cells are dispatched, never what they compute."""
+    """(run overrides, launcher overrides): ``hydra/launcher=``, ``hydra.launcher.*``, ``resources=`` and
+    ``resources.*`` (e.g. a preset's ``resources.gpu_memory_gb``) choose how cells are dispatched, never what
+    they compute."""
     run, launcher = [], []
     for o in overrides:
         key = o.partition("=")[0].lstrip("+~")
@@ -53,7 +54,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
                 raise ConfigError(f"{o!r}: sweep launch takes hydra/launcher and hydra.launcher.* overrides only; "
                                   "other hydra.* keys belong to Hydra's own multirun (python -m mixer_scaling.train -m)")
             launcher.append(o)
-        elif key == "resources":
+        elif key == "resources" or key.startswith("resources."):
             launcher.append(o)
         else:
             run.append(o)

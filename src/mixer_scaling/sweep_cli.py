@@ -27,12 +27,16 @@ STATE_STYLE = {"done": "green", "failed": "red", "lost": "red", "stale": "yellow
                "to score": "magenta"}
 
 
-def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = None, title: str = "") -> Table:
+def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = None, title: str = "",
+                memory: dict | None = None) -> Table:
+    """One row per cell; ``presets`` and ``memory`` (run id → memory plan: micro-batch x accumulation
+    steps, checkpointing, estimate/card GB) add their columns when given."""
     axes = list(dict.fromkeys(k for c in sweep.cells for k in c.axes))
     table = Table(title=title, title_justify="left")
     for a in axes:
         table.add_column(a)
-    for col in ("run_id", "state", "step", "val top-1", *(["preset"] if presets else []), "job", "detail"):
+    for col in ("run_id", "state", "step", "val top-1", *(["preset"] if presets else []),
+                *(["GPU memory plan"] if memory else []), "job", "detail"):
         table.add_column(col, justify="right" if col in ("step", "val top-1") else "left",
                          overflow="fold" if col == "detail" else "ellipsis")
     for s in states:
@@ -43,6 +47,7 @@ def _grid_table(sweep: Sweep, states: list[CellState], presets: dict | None = No
         table.add_row(*(str(s.cell.axes.get(a, "")) for a in axes), s.cell.run_id,
                       f"[{STATE_STYLE.get(s.state, 'default')}]{s.state}[/]", step,
                       "" if top1 is None else f"{top1:.3f}", *([presets.get(s.cell.run_id, "")] if presets else []),
+                      *([memory[s.cell.run_id].describe() if s.cell.run_id in memory else ""] if memory else []),
                       s.job_id or "", s.detail)
     return table
 
@@ -84,7 +89,7 @@ def cmd_launch(args) -> int:
             console.print(f"cost of the {len(p.todo)} cells to run: {cost.flops:.3g} training FLOPs "
                           f"≈ {cost.device_hours:,.3g} {cost.unit}-hours at {cost.basis}")
         if args.dry_run or len(sweep.cells) <= 24:
-            console.print(_grid_table(sweep, p.states, p.presets))
+            console.print(_grid_table(sweep, p.states, p.presets, memory=p.memory))
         if args.dry_run:
             for preset, cells in p.groups():
                 if args.executor == "slurm" and check_cluster:  # submitit writes the script only where srun exists
@@ -140,7 +145,7 @@ def register(subparsers) -> None:
     la = sub.add_parser("launch", help="submit every cell that is not done (slurm returns at once)")
     la.add_argument("sweep", help="a sweep name (sweeps/<name>.yaml)")
     la.add_argument("overrides", nargs="*", help="Hydra overrides: run keys (also a,b sweeps), "
-                    "hydra.launcher.<key>=..., resources=<preset>")
+                    "hydra.launcher.<key>=..., resources=<preset>, resources.gpu_memory_gb=<GB per GPU>")
     la.add_argument("--executor", default="slurm", help="slurm (default), local or debug")
     la.add_argument("--dry-run", action="store_true", help="print the grid, the cost and the sbatch script only")
     la.add_argument("--wait", action="store_true", help="slurm: wait until no cell is queued (local/debug always wait)")
