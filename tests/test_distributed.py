@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # Every step logged: a signal then always stops on a logged step. (One that stops between logging steps
 # leaves the resumed run's first loss window shorter than the uninterrupted run's, on one process too.)
 # fp32: the comparisons below are to float tolerance. Upstream validation every 4 steps (early stopping):
-# only rank 0 evaluates while the other rank waits for the checkpoint that follows.
+# both ranks validate their half of the selection set, and checkpoint right after.
 OVERRIDES = [*TINY, "train.log_every=1", "train.precision=fp32", "train.eval_every_examples=256"]
 
 

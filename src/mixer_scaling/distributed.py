@@ -4,8 +4,10 @@ A run is data parallel when it is started as several processes: the tasks of a S
 submitit launcher with ``tasks_per_node`` > 1) or a torchrun-style launch (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Each rank trains on its strided share of the same
 global batch (:mod:`.stream`), so ``train.batch_size`` and ``train.examples_seen`` mean the same at any
-world size; rank 0 alone writes the run directory, logs and evaluates. A single process needs none of
-this: nothing is initialised then and every helper here is a no-op.
+world size; rank 0 alone writes the run directory and logs. Evaluation is split across the ranks (each
+a disjoint part of a set, the parts combined exactly: :func:`sum_counts`, :func:`gather_on_main`), of the
+weights rank 0 reports (:func:`share_weights`). A single process needs none of this: nothing is
+initialised then and every helper here is a no-op.
 """
 
 from __future__ import annotations
@@ -134,3 +136,42 @@ def main_first():
     yield
     if is_main():
         barrier()
+
+
+def sum_counts(counts: list[int]) -> list[int]:
+    """``counts`` (integers, the same length on every rank) summed over ranks, exactly; every rank gets
+    the sums. Through the CPU group, like the waits above: an evaluation step never syncs the GPU stream
+    for it, and a rank that is slower to get here does not run into the device group's timeout."""
+    if world_size() == 1:
+        return list(counts)
+    t = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(t, group=_control)
+    return [int(v) for v in t]
+
+
+def gather_on_main(obj) -> list | None:
+    """``obj`` of every rank, in rank order, on rank 0; None on the others."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0, group=_control)
+    return out
+
+
+def from_main(obj):
+    """Rank 0's ``obj``, on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
+
+
+@torch.no_grad()
+def share_weights(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (in place): after rank 0 alone has loaded the
+    weights a run reports, the other ranks evaluate the same ones."""
+    if world_size() == 1:
+        return
+    for t in model.state_dict().values():
+        dist.broadcast(t, src=0)

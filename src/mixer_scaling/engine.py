@@ -4,7 +4,12 @@ Everything a resumed run needs is in the checkpoint or follows from the step (th
 pure function of (seed, step), see :mod:`mixer_scaling.stream`), so on CPU an interrupted and
 resumed run ends bit for bit like an uninterrupted one. Data parallel (:mod:`mixer_scaling.distributed`),
 each rank trains on its share of the global batch under DDP and keeps its own random stream, which the
-checkpoint holds too.
+checkpoint holds too; every rank takes part in upstream validation, rank 0 alone records it.
+
+With ``train.compile`` the module that trains is ``torch.compile`` of the model (of its DDP wrapper when
+data parallel); checkpoints and best weights are always the plain model's state dict, which uncompiled
+code loads as it is, and evaluation runs the plain model eagerly (its batch shapes vary, each would be
+compiled again).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 SELECT_KEY = "val/select_top1"  # what on_eval's score is called in metrics.jsonl
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "lamb", "lion")
 SCHEDULES = {"linear": ("poly", 1.0), "cosine": ("cosine", 0.1)}  # ours → (timm sched, decay_rate)
+# torch.compile's backend for train.compile; inductor generates kernels (a C++ compiler on the CPU).
+COMPILE_BACKEND = "inductor"
 
 
 # timm's factories are imported where they are used: the config schema imports this module, and
@@ -114,7 +121,7 @@ class Loop:
     """What one training loop needs; built by :mod:`mixer_scaling.train`.
 
     With ``world_size`` > 1 every rank runs this loop in step; only rank 0 writes checkpoints and calls
-    the callbacks.
+    the callbacks, except ``on_eval``, which every rank calls (an evaluation split across ranks).
     """
 
     model: torch.nn.Module
@@ -127,13 +134,15 @@ class Loop:
     ckpt_path: Path
     on_log: Callable[[dict], None] = lambda row: None  # gets one metrics row per logging step
     # upstream validation at `train.eval_every_examples` and at the last step: returns metrics including
-    # SELECT_KEY, the score the best checkpoint is chosen on (early stopping, paper §3.3)
+    # SELECT_KEY, the score the best checkpoint is chosen on (early stopping, paper §3.3); called on every
+    # rank (give it to all or to none), rank 0's result is the one used
     on_eval: Callable[[int], dict] | None = None
     best_path: Path | None = None   # where the best weights go (rank 0); None: no early stopping
     # gets the step training (re)starts from, and what was wrong with the checkpoints on disk (one line each)
     on_resume: Callable[[int, list[str]], None] | None = None
     num_workers: int = 0
     precision: str = "fp32"         # resolved: bf16 (autocast) or fp32, see mixer_scaling.precision
+    compile: bool = False           # train torch.compile(model) (train.compile)
     progress: bool = True
     rank: int = 0
     world_size: int = 1
@@ -146,24 +155,25 @@ class Loop:
     def eval_due(self, step: int) -> bool:
         """Whether upstream validation runs after ``step``: each time the examples seen cross a multiple of
         ``train.eval_every_examples``, and at the last step (when the cadence is set). The same on every
-        rank (only rank 0 evaluates, but every rank checkpoints right after)."""
+        rank (every rank evaluates, and checkpoints right after)."""
         every, bs = int(self.cfg.get("eval_every_examples", 0)), int(self.cfg.batch_size)
         if not every:
             return False
         return step == self.steps or (step * bs) // every > ((step - 1) * bs) // every
 
     def _evaluate(self, step: int) -> float:
-        """Rank 0: validate, log, and keep the weights if they are the best so far (ties: the earlier step).
-        Returns the seconds it took (evaluation is not training compute)."""
+        """Validate (every rank), and on rank 0 log and keep the weights if they are the best so far (ties:
+        the earlier step). Returns the seconds it took (evaluation is not training compute)."""
         t0 = time.perf_counter()
-        if self.rank == 0 and self.on_eval is not None:
+        if self.on_eval is not None:
             row = self.on_eval(step)
-            self.on_log({"step": step, "examples": step * self.cfg.batch_size, **row})
-            score = float(row[SELECT_KEY])
-            self.counters.setdefault("curve", []).append([step, step * self.cfg.batch_size, score])
-            if self.best_path is not None and score > self.counters.get("best_score", -math.inf):
-                checkpoint.save_weights(self.best_path, model=self.model, step=step, score=score)
-                self.counters["best_step"], self.counters["best_score"] = step, score
+            if self.rank == 0:
+                self.on_log({"step": step, "examples": step * self.cfg.batch_size, **row})
+                score = float(row[SELECT_KEY])
+                self.counters.setdefault("curve", []).append([step, step * self.cfg.batch_size, score])
+                if self.best_path is not None and score > self.counters.get("best_score", -math.inf):
+                    checkpoint.save_weights(self.best_path, model=self.model, step=step, score=score)
+                    self.counters["best_step"], self.counters["best_score"] = step, score
             self.model.train()
         spent = time.perf_counter() - t0
         self.counters["eval_seconds"] = self.counters.get("eval_seconds", 0.0) + spent
@@ -173,9 +183,11 @@ class Loop:
         """Rank 0 keeps the single-process seed; the others get their own (augmentation, dropout, mixup)."""
         return self.seed + start + 1_000_003 * self.rank
 
-    def _forward_backward(self, net, loss_fn, autocast, x, y, accum: int) -> torch.Tensor:
+    def _forward_backward(self, net, loss_fn, autocast, x, y, accum: int,
+                          ddp: DistributedDataParallel | None = None) -> torch.Tensor:
         """Gradients of this rank's batch ``(x, y)`` in ``accum`` micro-batches; returns its mean loss
-        (detached). Under DDP the gradients are averaged over ranks once, in the last micro-batch's backward."""
+        (detached). Under DDP (``ddp``: the wrapper inside ``net``) the gradients are averaged over ranks
+        once, in the last micro-batch's backward."""
         if accum == 1:
             with autocast:
                 loss = loss_fn(net(x), y)
@@ -183,8 +195,8 @@ class Loop:
             return loss.detach()
         total = torch.zeros((), device=x.device)
         for i, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
-            sync = i == accum - 1 or not isinstance(net, DistributedDataParallel)
-            with (nullcontext() if sync else net.no_sync()):
+            sync = i == accum - 1 or ddp is None
+            with (nullcontext() if sync else ddp.no_sync()):
                 with autocast:
                     part = loss_fn(net(xm), ym) / accum
                 part.backward()
@@ -255,7 +267,10 @@ class Loop:
 
         # DDP averages the gradients over ranks in backward: with equal shards of one global batch and a
         # per-rank mean loss, that is the full batch's gradient, so clipping below sees the global norm.
-        net = DistributedDataParallel(model) if self.world_size > 1 else model
+        ddp = DistributedDataParallel(model) if self.world_size > 1 else None
+        net = ddp or model
+        if self.compile:  # compiled around DDP, as torch supports it; checkpoints keep saving `model`
+            net = torch.compile(net, backend=COMPILE_BACKEND)
         net.train()
         # The loss window since the last logged step survives a resume, so the first line logged after
         # it averages the same steps as in an uninterrupted run.
@@ -271,7 +286,7 @@ class Loop:
                 if mixup:  # on the whole batch, as without accumulation (one mixing draw per batch)
                     x, y = mixup(x, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self._forward_backward(net, loss_fn, autocast, x, y, accum)
+                loss = self._forward_backward(net, loss_fn, autocast, x, y, accum, ddp)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
                 optimizer.step()
                 step += 1

@@ -6,6 +6,13 @@ training precision. ``auto`` is bf16 wherever the device computes it natively (a
 with AVX512-BF16 or AMX) and fp32 elsewhere, so every recipe runs on any machine at its best speed;
 the record's ``precision`` says which one a run used. ``bf16`` is refused, in one line, on a device
 that would only emulate it (slower than fp32).
+
+How fast a device computes a run (not part of its identity; each resolved value is in the record under
+its own name): ``train.tf32`` lets fp32 matrix products and convolutions on CUDA use TF32, which rounds
+their inputs to a 10-bit mantissa (:func:`tf32`, :func:`set_tf32`); ``train.channels_last`` stores a
+model's weights channels-last (:func:`channels_last`; ``auto``: for the convolutional family, BiT, on
+CUDA, where cuDNN convolves that layout faster; inputs stay NCHW, the convolutions carry the layout on);
+``train.compile`` is :mod:`mixer_scaling.engine`'s.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import torch
 from .errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp32")
+CHANNELS_LAST = ("auto", True, False)
+#: Model families built of convolutions, which ``train.channels_last=auto`` stores channels-last on CUDA.
+CONVOLUTIONAL = ("bit",)
 # x86 flags of native bf16 matrix products (Linux /proc/cpuinfo names); arm64: "bf16".
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
@@ -70,6 +80,33 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def tf32(option: bool, device: torch.device, precision: str) -> bool:
+    """Whether a run computes its fp32 matrix products in TF32: ``train.tf32`` on CUDA in an fp32 run (a
+    bf16 run's products are bf16; CPUs have no TF32)."""
+    if not isinstance(option, bool):
+        raise UserError(f"train.tf32={option!r} is not allowed; choose one of: true, false")
+    return option and device.type == "cuda" and precision == "fp32"
+
+
+def set_tf32(device: torch.device, on: bool) -> None:
+    """Let CUDA's fp32 matrix products and cuDNN's convolutions use TF32, or not (process-wide; cuDNN
+    allows it by default, so an fp32 run without it turns it off). Nothing on other devices."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def channels_last(option, family: str, device: torch.device) -> bool:
+    """``train.channels_last`` resolved for a model of ``family`` on ``device``: ``auto`` is on for the
+    convolutional families (:data:`CONVOLUTIONAL`) on CUDA, off elsewhere."""
+    if not any(option == o and type(option) is type(o) for o in CHANNELS_LAST):
+        raise UserError(f"train.channels_last={option!r} is not allowed; choose one of: auto, true, false")
+    if option == "auto":
+        return device.type == "cuda" and family in CONVOLUTIONAL
+    return option
 
 
 @contextmanager

@@ -153,6 +153,10 @@ def _compute(run_dir: Path, record: Mapping, tree: Mapping, todo: Mapping) -> di
     model = build_model(config["model"], num_classes=int(record["num_classes"]), image_size=int(record["image_size"]))
     model.load_state_dict(reported_weights(run_dir, record))
     model.to(device).eval()
+    # the run's device options, as its own evaluation had them (train.evaluate: precision, TF32, layout)
+    precision.set_tf32(device, precision.tf32(config["train"].get("tf32", True), device, computes_in))
+    if precision.channels_last(config["train"].get("channels_last", "auto"), record.get("family", ""), device):
+        model.to(memory_format=torch.channels_last)
     bf16 = computes_in == "bf16"
     out: dict[str, Any] = {}
     batch = int((tree.get("eval") or {}).get("batch_size", 256))

@@ -3,7 +3,13 @@
 Data flows one way: config → build (model, data) → train (:mod:`.engine`) → evaluate (val top-1,
 few-shot, throughput) → record (``result.json``, ``metrics.jsonl``, W&B). Everything that can fail on
 bad input is built before the run directory exists, so a bad config leaves nothing behind. Started as
-several processes it trains data parallel (:mod:`.distributed`); rank 0 alone records and evaluates.
+several processes it trains data parallel (:mod:`.distributed`): rank 0 alone records; upstream
+validation and few-shot feature extraction are split across the ranks (each a disjoint part, combined
+exactly), inference throughput is measured on rank 0.
+
+The device options ``train.tf32``, ``train.channels_last`` (:mod:`.precision`) and ``train.compile``
+(:mod:`.engine`) change how fast a run computes, not what (up to TF32's rounding of fp32 products); the
+record holds each resolved value (``tf32``, ``channels_last``, ``compile``) next to ``precision``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .data import build_data, build_fewshot_sets
 from .data.fingerprint import data_fingerprints
 from .engine import SELECT_KEY, Interrupted, Loop
 from .errors import EXIT_USAGE, ConfigError, CorruptFile, UserError
-from .evaluate.classify import ordered_loader, top1
+from .evaluate.classify import split_top1
 from .evaluate.downstream import evaluate_fewshot
 from .evaluate.throughput import inference_throughput
 from .models import build_model, count_params, forward_flops, get_spec
@@ -72,6 +78,9 @@ class Built:
     device: torch.device
     extra: dict = field(default_factory=dict)  # record fields a variant adds or replaces (a fine-tune: its parent)
     precision: str = "fp32"  # resolved train.precision (bf16 or fp32): training and evaluation alike
+    tf32: bool = False       # resolved train.tf32: fp32 matrix products in TF32 (CUDA, fp32 runs)
+    channels_last: bool = False  # resolved train.channels_last: the model's weights stored channels-last
+    compile: bool = False    # train.compile: training runs torch.compile of the model
 
 
 def build(cfg: DictConfig, device: torch.device) -> Built:
@@ -119,6 +128,9 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
         "data_fingerprint": data_fingerprints(config),
         "seed": int(cfg.seed),
         "precision": built.precision,
+        "tf32": built.tf32,
+        "channels_last": built.channels_last,
+        "compile": built.compile,
         "device": torch.cuda.get_device_name(built.device) if built.device.type == "cuda" else platform.processor() or "cpu",
         "num_devices": distributed.world_size(),  # one device per rank
         "world_size": distributed.world_size(),
@@ -130,22 +142,62 @@ def describe(cfg: DictConfig, built: Built, run_id: str) -> dict:
     return fields
 
 
+def device_options(cfg: DictConfig, built: Built) -> None:
+    """Resolve ``train.tf32``, ``train.channels_last`` and ``train.compile`` for ``built`` (its model on its
+    device, its precision resolved) and apply the first two: TF32 process-wide, channels-last to the model
+    (training and evaluation alike). Compiling is the training loop's (:class:`.engine.Loop`)."""
+    t, device = cfg.train, built.device
+    built.tf32 = precision.tf32(t.get("tf32", True), device, built.precision)
+    precision.set_tf32(device, built.tf32)
+    built.channels_last = precision.channels_last(t.get("channels_last", "auto"), get_spec(cfg.model.name).family,
+                                                  device)
+    if built.channels_last:
+        built.model.to(memory_format=torch.channels_last)
+    built.compile = bool(t.get("compile", False))
+
+
 def upstream_top1(cfg: DictConfig, built: Built, half: str) -> float:
-    """Top-1 on one half of the validation split: ``select`` (chooses) or ``report`` (is reported)."""
+    """Top-1 on one half of the validation split: ``select`` (chooses) or ``report`` (is reported). Split
+    across the ranks of a data-parallel run: every rank calls it and gets the same number."""
     data = built.data
-    loader = ordered_loader(getattr(data, half), cfg.eval.batch_size, data.collate_fn)
-    return top1(built.model, loader, built.device, built.precision == "bf16")
+    return split_top1(built.model, getattr(data, half), built.device, int(cfg.eval.batch_size), data.collate_fn,
+                      bf16=built.precision == "bf16", num_workers=int(cfg.data.get("num_workers", 0)),
+                      rank=distributed.rank(), world_size=distributed.world_size())
 
 
-def evaluate(cfg: DictConfig, built: Built) -> tuple[dict, dict]:
-    """Upstream val top-1 (the report half), few-shot accuracies per set and k, and inference throughput."""
+def evaluate(cfg: DictConfig, built: Built) -> tuple[dict | None, dict | None]:
+    """Upstream val top-1 (the report half), few-shot accuracies per set and k, and inference throughput.
+
+    Every rank of a data-parallel run calls it: validation and few-shot features are split across them,
+    throughput is measured on rank 0 alone. Rank 0 gets ``(metrics, throughput)``, the others ``(None, None)``."""
     model, data, device = built.model, built.data, built.device
     bf16 = built.precision == "bf16"
+    rank, ranks = distributed.rank(), distributed.world_size()
     metrics = {"val_top1": upstream_top1(cfg, built, "report")}
     metrics["fewshot"] = evaluate_fewshot(model, built.fewshot_sets, cfg.fewshot, device,
-                                          batch_size=cfg.eval.batch_size, bf16=bf16) if built.fewshot_sets else {}
+                                          batch_size=cfg.eval.batch_size, bf16=bf16,
+                                          num_workers=int(cfg.data.get("num_workers", 0)), rank=rank,
+                                          world_size=ranks) if built.fewshot_sets else {}
+    if rank != 0:
+        return None, None
     throughput = inference_throughput(model, data.image_size, device, cfg.eval.throughput_batch_sizes,
                                       repeats=cfg.eval.throughput_repeats, bf16=bf16)
+    return metrics, throughput
+
+
+def _evaluate_reported(cfg: DictConfig, built: Built, best: dict | None) -> tuple[dict | None, dict | None]:
+    """Every rank, once training is over: rank 0's reported weights (``best``: its choice, see
+    :func:`_best_weights`; None on the other ranks) to every rank, the selection-half top-1 where the choice
+    has none, then :func:`evaluate`. Rank 0 gets ``(metrics, throughput)`` with ``select_top1`` in the
+    metrics, the others ``(None, None)``."""
+    # First through the CPU group: a rank 0 that failed before this makes the others fail here at once.
+    need_select = distributed.from_main(best is not None and best["select_top1"] is None)
+    distributed.share_weights(built.model)
+    select = upstream_top1(cfg, built, "select") if need_select else None
+    metrics, throughput = evaluate(cfg, built)
+    if metrics is not None:
+        chosen = best.pop("select_top1")
+        metrics["select_top1"] = select if chosen is None else chosen
     return metrics, throughput
 
 
@@ -186,6 +238,7 @@ def run(cfg: DictConfig, build_fn: Callable[[DictConfig, torch.device], Built] =
         with distributed.main_first(), precision.cpu_attention(device):  # downloads once, not once per rank
             built = build_fn(cfg, device)
         built.precision = computes_in
+        device_options(cfg, built)
         # One writer per run directory (see .locks): rank 0 holds <run_dir>/.lock for the whole attempt,
         # taken before anything there is read and rewritten; every rank follows what it found.
         lock, verdict = None, "train"
@@ -231,10 +284,12 @@ def _is_done(run_dir: Path) -> bool:
 
 
 def _loop(cfg: DictConfig, built: Built, run_dir: Path, **callbacks) -> Loop:
+    """The training loop of every rank; upstream validation (``on_eval``) is split across them."""
     return Loop(
         model=built.model, train_set=built.data.train, collate_fn=built.data.collate_fn,
         num_classes=built.data.num_classes, cfg=cfg.train, seed=int(cfg.seed), device=built.device,
-        precision=built.precision,
+        precision=built.precision, compile=built.compile,
+        on_eval=lambda step: {SELECT_KEY: upstream_top1(cfg, built, "select")},
         ckpt_path=run_dir / records.CHECKPOINT_FILE, num_workers=int(cfg.data.get("num_workers", 0)),
         progress=bool(cfg.progress), rank=distributed.rank(), world_size=distributed.world_size(), **callbacks,
     )
@@ -271,17 +326,14 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
         tracker.log(columns.history_row(row, static["flops_per_image"]), step=row["step"])  # + flops
 
     loop = _loop(
-        cfg, built, run_dir, on_log=on_log,
-        on_eval=lambda step: {SELECT_KEY: upstream_top1(cfg, built, "select")},
-        best_path=run_dir / records.BEST_CHECKPOINT_FILE,
+        cfg, built, run_dir, on_log=on_log, best_path=run_dir / records.BEST_CHECKPOINT_FILE,
         on_resume=lambda start, problems: _resumed(record, metrics_log, start, problems),
     )
     try:
         counters = loop.run()
         record.update(**_cost(counters, static["num_devices"]))
         best = _best_weights(cfg, built, run_dir, counters, record)
-        metrics, throughput = evaluate(cfg, built)
-        metrics["select_top1"] = best.pop("select_top1")
+        metrics, throughput = _evaluate_reported(cfg, built, best)
         record.update(metrics=metrics, throughput=throughput["img_per_s"], throughput_detail=throughput,
                       evaluation=score.requested(static["config"]),
                       finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **best)
@@ -317,7 +369,8 @@ def _lead(cfg: DictConfig, built: Built, run_id: str, run_dir: Path, lock: locks
 def _best_weights(cfg: DictConfig, built: Built, run_dir: Path, counters: dict, record: Record) -> dict:
     """Early stopping (paper §3.3): load the weights of the step that was best on the selection half of
     upstream validation, so every reported metric comes from them. Without an evaluation cadence the
-    final weights are the only candidates. Returns the record fields that say what was chosen."""
+    final weights are the only candidates. Returns the record fields that say what was chosen, and its
+    ``select_top1`` (None for the final weights: :func:`_evaluate_reported` computes it). Rank 0 alone."""
     steps = int(record["steps"])
     curve = [{"step": s, "examples": e, "select_top1": v} for s, e, v in counters.get("curve", [])]
     if "best_step" in counters:
@@ -329,8 +382,7 @@ def _best_weights(cfg: DictConfig, built: Built, run_dir: Path, counters: dict, 
             return {"best_step": int(state["step"]), "early_stopped": int(state["step"]) < steps,
                     "upstream_curve": curve, "select_top1": float(state["score"])}
         record.note("the final weights are reported instead of the best ones")
-    return {"best_step": steps, "early_stopped": False, "upstream_curve": curve,
-            "select_top1": upstream_top1(cfg, built, "select")}
+    return {"best_step": steps, "early_stopped": False, "upstream_curve": curve, "select_top1": None}
 
 
 def _resumed(record: Record, metrics_log: MetricsLog, start: int, problems: list[str]) -> None:
@@ -343,7 +395,8 @@ def _resumed(record: Record, metrics_log: MetricsLog, start: int, problems: list
 
 
 def _follow(cfg: DictConfig, built: Built, run_dir: Path) -> dict | None:
-    """Any other rank: train its share, then wait until rank 0 has evaluated and written the record."""
+    """Any other rank: train its share, evaluate its share of rank 0's reported weights, then wait until
+    rank 0 has written the record."""
     try:
         _loop(cfg, built, run_dir).run()
     except Interrupted as stop:
@@ -354,6 +407,7 @@ def _follow(cfg: DictConfig, built: Built, run_dir: Path) -> dict | None:
             # wait for SLURM to end this step instead, as submitit does on its non-zero ranks.
             time.sleep(RANK_EXIT_GRACE_S)
         raise
+    _evaluate_reported(cfg, built, None)
     distributed.barrier()
     return read_record(run_dir)
 

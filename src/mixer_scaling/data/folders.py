@@ -6,7 +6,9 @@ data; 8-bit grayscale, palette, CMYK and RGBA (any of :data:`RGB_MODES`) files b
 Problems with the files are found when the set is built, before a run starts: a missing root or split
 folder, no class folders, no images, and (``verify_images``) any file PIL cannot identify or whose
 channels do not make an RGB image (16-bit or 32-bit integer and float images, which PIL would clip
-to white; multi-band images that are not colour).
+to white; multi-band images that are not colour). In a data-parallel run rank 0 alone verifies: the
+ranks build their data one after the other, rank 0 first (:func:`mixer_scaling.distributed.main_first`),
+so the others start only once it has checked every file, and a bad file stops the run on rank 0.
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ def verify_images(files: Sequence[str], key: str = "data") -> None:
                             f"{key}.root must be an image PIL reads (remove or replace it)") from None
 
 
+def _verifies() -> bool:
+    """Whether this process verifies images: a single process, or rank 0 of a data-parallel run."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def image_folder(
     root: Path,
     split_dir: str,
@@ -164,7 +173,7 @@ def image_folder(
         raise DataError(
             f"{key}.root={str(root)!r}: {split_dir}/ holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
         )
-    if bool(cfg.get("verify_images", True)):
+    if bool(cfg.get("verify_images", True)) and _verifies():
         verify_images([f for f, _ in ds.samples], key=key)
     return ds
 

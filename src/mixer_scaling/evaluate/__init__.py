@@ -3,6 +3,7 @@
 from mixer_scaling.evaluate.fewshot import (
     BIAS_CONSTANT,
     DEFAULT_L2_REG,
+    chosen_indices,
     fewshot_accuracies,
     fewshot_eval,
     fewshot_indices,
@@ -13,6 +14,7 @@ from mixer_scaling.evaluate.fewshot import (
 __all__ = [
     "BIAS_CONSTANT",
     "DEFAULT_L2_REG",
+    "chosen_indices",
     "fewshot_accuracies",
     "fewshot_eval",
     "fewshot_indices",

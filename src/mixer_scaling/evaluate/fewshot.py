@@ -18,6 +18,11 @@ that set:
 Everything is computed in float64: the normal equations square the condition number and the bias
 column is 100 times larger than the standardised features, so float32 (big_vision's default) can
 lose a few digits; float64 makes the result independent of the BLAS and of the feature dtype.
+
+The draws depend on the pool's labels alone, so a large pool (ImageNet's 1.28M training images) needs
+features only for the images some seed draws: :func:`chosen_indices` names them, and
+:func:`fewshot_accuracies` takes their features with ``pool_index`` (the accuracies are those of the
+whole pool's features, the same images being drawn).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "STD_EPS",
     "DEFAULT_L2_REG",
     "fewshot_indices",
+    "chosen_indices",
     "ridge_fit",
     "ridge_predict",
     "fewshot_accuracies",
@@ -128,7 +134,10 @@ def fewshot_indices(labels, shots: Sequence[int], seed: int, num_classes: int) -
     one permutation per class with ``default_rng(seed)``, classes in order, the first ``k`` of each)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.where(labels == c)[0]) for c in range(num_classes)]
+    # each class's indices in increasing order (np.where(labels == c) of every class, in one sort)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    per_class = [rng.permutation(order[bounds[c]:bounds[c + 1]]) for c in range(num_classes)]
     out = {}
     for k in shots:
         short = [c for c, ix in enumerate(per_class) if len(ix) < k]
@@ -140,6 +149,18 @@ def fewshot_indices(labels, shots: Sequence[int], seed: int, num_classes: int) -
             )
         out[k] = np.concatenate([ix[:k] for ix in per_class])
     return out
+
+
+def chosen_indices(labels, shots: Iterable[int], seeds: Iterable[int], num_classes: int | None = None) -> np.ndarray:
+    """The pool indices (sorted, each once) that some seed's ``k``-shot set draws for some ``k`` in ``shots``:
+    at most ``max(shots) x classes x seeds`` of them. ``num_classes`` as in :func:`fewshot_accuracies`
+    (default: one more than the largest label)."""
+    labels = _as_labels(labels, len(_numpy(labels)), "labels")
+    shots, seeds = _check_shots(shots), tuple(int(s) for s in seeds)
+    if num_classes is None:
+        num_classes = int(labels.max(initial=-1)) + 1
+    drawn = [idx for seed in seeds for idx in fewshot_indices(labels, shots, seed, num_classes).values()]
+    return np.unique(np.concatenate(drawn)) if drawn else np.zeros(0, dtype=np.int64)
 
 
 def _check_shots(shots: Iterable[int]) -> tuple[int, ...]:
@@ -159,14 +180,27 @@ def fewshot_accuracies(
     seeds: Iterable[int] = (0, 1, 2),
     l2_reg: float = DEFAULT_L2_REG,
     num_classes: int | None = None,
+    pool_index=None,
 ) -> dict[int, list[float]]:
-    """Test accuracy of every seed for every ``k``: ``{k: [acc_seed0, acc_seed1, ...]}``."""
+    """Test accuracy of every seed for every ``k``: ``{k: [acc_seed0, acc_seed1, ...]}``.
+
+    ``pool_index``: ``train_feats`` are the features of these pool examples only (sorted, each once, at
+    least :func:`chosen_indices`), and ``train_labels`` the labels of the whole pool; the draws and the
+    accuracies are those of the whole pool's features. A drawn example without features raises ValueError.
+    """
     shots = _check_shots(shots)
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
     xtr = _as_features(train_feats, "train_feats")
-    ytr = _as_labels(train_labels, len(xtr), "train_labels")
+    if pool_index is None:
+        ytr = _as_labels(train_labels, len(xtr), "train_labels")
+        rows = None
+    else:
+        ytr = _as_labels(train_labels, len(_numpy(train_labels)), "train_labels")
+        rows = np.asarray(_numpy(pool_index), dtype=np.int64)
+        if rows.ndim != 1 or len(rows) != len(xtr) or np.any(np.diff(rows) <= 0):
+            raise ValueError(f"pool_index must be {len(xtr)} sorted distinct pool indices, one per row of train_feats")
     xte = _as_features(test_feats, "test_feats")
     yte = _as_labels(test_labels, len(xte), "test_labels")
     if xtr.shape[1] != xte.shape[1]:
@@ -178,9 +212,19 @@ def fewshot_accuracies(
     results: dict[int, list[float]] = {k: [] for k in shots}
     for seed in seeds:
         for k, idx in fewshot_indices(ytr, shots, seed, num_classes).items():
-            pred = ridge_predict(xtr[idx], ytr[idx], xte, num_classes, l2_reg)
+            at = idx if rows is None else _rows_of(rows, idx)
+            pred = ridge_predict(xtr[at], ytr[idx], xte, num_classes, l2_reg)
             results[k].append(float(np.mean(pred == yte)))
     return results
+
+
+def _rows_of(rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Where the pool indices ``idx`` are in the sorted ``rows``."""
+    at = np.minimum(np.searchsorted(rows, idx), max(len(rows) - 1, 0))
+    if len(idx) and (not len(rows) or np.any(rows[at] != idx)):
+        missing = idx[rows[at] != idx][0] if len(rows) else idx[0]
+        raise ValueError(f"pool example {int(missing)} is drawn but has no features (not in pool_index)")
+    return at
 
 
 def fewshot_eval(
@@ -192,12 +236,15 @@ def fewshot_eval(
     seeds: Iterable[int] = (0, 1, 2),
     l2_reg: float = DEFAULT_L2_REG,
     num_classes: int | None = None,
+    pool_index=None,
 ) -> dict[int, float]:
     """Mean test accuracy over ``seeds`` of the ``k``-shot linear ridge classifier, for each ``k``.
 
     ``train_feats`` (N x D) / ``train_labels`` (N,) are the pool the shots are drawn from,
     ``test_feats`` / ``test_labels`` the test set; labels are ``0 .. num_classes - 1`` (by default one
     more than the largest label seen). A class with fewer than ``k`` pool examples raises ValueError.
+    ``pool_index``: features of part of the pool only, see :func:`fewshot_accuracies`.
     """
-    acc = fewshot_accuracies(train_feats, train_labels, test_feats, test_labels, shots, seeds, l2_reg, num_classes)
+    acc = fewshot_accuracies(train_feats, train_labels, test_feats, test_labels, shots, seeds, l2_reg, num_classes,
+                             pool_index)
     return {k: float(np.mean(v)) for k, v in acc.items()}
