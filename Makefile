@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo study test test-quick models bench clean
+.PHONY: install demo study test test-quick models bench gpu-check gpu-check-wheels clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ demo: install
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The edit-test loop: everything but the slow tests (real SLURM, fault injection, long runs).
 test-quick: install
@@ -35,6 +35,15 @@ models: install
 # Speed against the hardware and the peers, one table; writes benchmarks/results/ (~6 min on 2 cores).
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# One NVIDIA GPU: does a study's path work there, and how fast (benchmarks/gpu_check.py); ~5 min.
+# On a GPU machine without network: carry benchmarks/wheels/ (make gpu-check-wheels) and run the script.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+gpu-check-wheels: install
+	$(BIN)/python -m pip wheel -q --no-deps -c constraints.txt -w benchmarks/wheels \
+		hydra-core omegaconf antlr4-python3-runtime submitit hydra-submitit-launcher wids braceexpand
 
 clean:
 	rm -rf runs outputs multirun wandb .pytest_cache

@@ -32,7 +32,7 @@ SMALL = ["model=mixer/micro", "model.image_size=16", "train.examples_seen=256", 
 @pytest.mark.parametrize("override, message", [
     ("train.compile=sometimes", r"^train.compile='sometimes' is not allowed; expected true or false"),
     ("train.tf32=1", r"^train.tf32=1 is not allowed; expected true or false"),
-    ("train.channels_last=on", r"^train.channels_last='on' is not allowed; choose one of: auto, True, False$"),
+    ("train.channels_last=on", r"^train.channels_last='on' is not allowed; choose one of: auto, true, false$"),
 ])
 def test_a_bad_value_is_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -35,8 +35,10 @@ def _launch() -> tuple[int, int, int] | None:
     """(rank, world_size, local_rank) when started as several processes, else None."""
     env = os.environ
     # An explicit launch first: torchrun inside a SLURM job (one task per node) sets these, and its
-    # workers are not the job's tasks.
-    if int(env.get("WORLD_SIZE", "1")) > 1:
+    # workers are not the job's tasks. A torchrun world of one joins a group too (NCCL on a GPU): the
+    # path a many-GPU job takes, checked on one GPU (benchmarks/gpu_check.py).
+    if int(env.get("WORLD_SIZE", "1")) > 1 or all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                                      "TORCHELASTIC_RUN_ID")):
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
     # The tasks of a SLURM job step (srun's: submitit starts its SLURM jobs so) or of a submitit local job.
     # Not SLURM_NTASKS: the batch script of a several-task job has it too but is one process, which would

@@ -27,8 +27,6 @@ from .errors import UserError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 CHANNELS_LAST = ("auto", True, False)
-#: Model families built of convolutions, which ``train.channels_last=auto`` stores channels-last on CUDA.
-CONVOLUTIONAL = ("bit",)
 # x86 flags of native bf16 matrix products (Linux /proc/cpuinfo names); arm64: "bf16".
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
 
@@ -101,11 +99,13 @@ def set_tf32(device: torch.device, on: bool) -> None:
 
 def channels_last(option, family: str, device: torch.device) -> bool:
     """``train.channels_last`` resolved for a model of ``family`` on ``device``: ``auto`` is on for the
-    convolutional families (:data:`CONVOLUTIONAL`) on CUDA, off elsewhere."""
+    convolutional families (``convolutional`` in :data:`.models.families.FAMILIES`) on CUDA, off elsewhere."""
     if not any(option == o and type(option) is type(o) for o in CHANNELS_LAST):
         raise UserError(f"train.channels_last={option!r} is not allowed; choose one of: auto, true, false")
     if option == "auto":
-        return device.type == "cuda" and family in CONVOLUTIONAL
+        from .models.families import is_convolutional
+
+        return device.type == "cuda" and is_convolutional(family)
     return option
 
 

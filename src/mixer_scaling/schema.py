@@ -262,7 +262,8 @@ KEYS_LIST: tuple[Key, ...] = (
     # TF32 for fp32 matrix products on Ampere and later, channels-last memory for convolutions.
     Key("train.compile", boolean(), "torch.compile the model", **NOT_IDENTITY),
     Key("train.tf32", boolean(), "TF32 matrix products on CUDA (fp32 runs)", **NOT_IDENTITY),
-    Key("train.channels_last", choice("auto", True, False), "auto: on for convolutional families (BiT) on CUDA",
+    Key("train.channels_last", Type(choice("auto", True, False).holds, "choose one of: auto, true, false"),
+        "auto: on for convolutional families (BiT) on CUDA",
         **NOT_IDENTITY),
     Key("train.log_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),
     Key("train.checkpoint_every", integer(0, why=" (0: only at the end)"), **NOT_IDENTITY),

@@ -128,6 +128,12 @@ def shards_packed(tmp: Path) -> None:
     _shards(tmp)
 
 
+def paper_roots(tmp: Path) -> None:
+    for root in ("jft", "imagenet"):
+        for split in ("train", "val"):
+            (tmp / root / split).mkdir(parents=True)
+
+
 def image_tree(tmp: Path) -> None:
     _tree(tmp / "data")
 
@@ -191,6 +197,7 @@ SHARDS = ("{not_data}", "data=shards", "data.image_size=32")
 TIMM = (*TRAIN, "model=timm")
 LAUNCH = ("sweep", "launch")
 DRY = ("--executor", "local", "--dry-run")
+PARETO = (*LAUNCH, "pareto", "runs_dir={runs}", "data.root={tmp}/jft", "fewshot.root={tmp}/imagenet")
 
 CASES = [
     # --- config keys, through the train entry point ---------------------------------------------
@@ -208,6 +215,11 @@ CASES = [
     Case("config-seed-too-large", "config", "train", (*TRAIN, "seed=4294967296"), ("seed=4294967296", "2**32 - 1")),
     Case("config-lr-inf", "config", "train", (*TRAIN, "train.lr=inf"), ("train.lr=inf", "finite number > 0")),
     Case("config-undeclared-key", "config", "train", (*TRAIN, "+note=hello"), ("note is not a config key", "schema")),
+    Case("config-compile", "config", "train", (*TRAIN, "train.compile=sometimes"),
+         ("train.compile='sometimes'", "true or false")),
+    Case("config-tf32", "config", "train", (*TRAIN, "train.tf32=1"), ("train.tf32=1", "true or false")),
+    Case("config-channels-last", "config", "train", (*TRAIN, "train.channels_last=on"),
+         ("train.channels_last='on'", "auto, true, false")),
     Case("config-min-lr-above-lr", "config", "train", (*TRAIN, "train.min_lr=1"), ("train.min_lr=1", "[0, train.lr=")),
     Case("config-min-lr-negative", "config", "train", (*TRAIN, "train.min_lr=-1"), ("train.min_lr=-1", "[0, train.lr=")),
     Case("config-betas", "config", "train", (*TRAIN, "train.betas=[2,3]"), ("train.betas=", "[0, 1)")),
@@ -385,6 +397,18 @@ CASES = [
     Case("table-empty-metric", "table", "cli", ("figures", "{tmp}/noshots.parquet", "-o", "{tmp}/figs",
                                                 "--metric", "fewshot_digits_5"),
          ("fewshot_digits_5 has no values", "--metric", "val_top1"), setup=empty_fewshot_table),
+    # --- GPU memory plan (sweep launch on GPU presets) ----------------------------------------------
+    Case("launcher-memory-no-fit", "launcher", "cli", (*PARETO, "model=mixer/h14", "resources.gpu_memory_gb=4", *DRY),
+         ("mixer/h14 does not fit in GPU memory", "micro-batch 1", "resources.gpu_memory_gb", "larger preset"),
+         setup=paper_roots),
+    Case("launcher-memory-user-plan", "launcher", "cli", (*PARETO, "model=vit/h14", "train.accum_steps=1",
+                                                          "train.grad_checkpointing=false", *DRY),
+         ("vit/h14 does not fit", "train.accum_steps=1 train.grad_checkpointing=false", "leave train.accum_steps"),
+         setup=paper_roots),
+    Case("launcher-memory-negative", "launcher", "cli", (*PARETO, "resources.gpu_memory_gb=-1", *DRY),
+         ("resources.gpu_memory_gb=-1", "> 0 or null"), setup=paper_roots),
+    Case("launcher-memory-text", "launcher", "cli", (*PARETO, "resources.gpu_memory_gb=lots", *DRY),
+         ("resources.gpu_memory_gb='lots'", "> 0 or null"), setup=paper_roots),
     # --- sharded data (mixer-scaling data pack, data=shards) ------------------------------------------
     Case("data-shards-truncated", "data", "train", (*SHARDS, "data.root={data}"),
          ("train-000001.tar", "index.json says", "truncated"), setup=shards_truncated),
