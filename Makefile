@@ -25,7 +25,7 @@ test: install
 test-quick: install
 	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/faults -x
 
-# The CPU reference study (sweeps/cpu_study.yaml): its table, figures and findings land in results/cpu_study/.
+# The CPU reference study (conf/sweep/cpu_study.yaml): its table, figures and findings land in results/cpu_study/.
 study: install
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/mixer-scaling study cpu_study -o results/cpu_study --best-over train.lr
 

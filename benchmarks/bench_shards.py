@@ -78,7 +78,7 @@ def presets() -> dict[str, int]:
     from omegaconf import OmegaConf
 
     out = {}
-    for path in sorted((ROOT / "conf" / "resources").glob("gpu*.yaml")):
+    for path in sorted((ROOT / "src" / "mixer_scaling" / "conf" / "resources").glob("gpu*.yaml")):
         cfg = OmegaConf.load(path)
         out[path.stem] = int(OmegaConf.select(cfg, "hydra.launcher.cpus_per_task"))
     return out

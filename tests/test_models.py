@@ -30,7 +30,7 @@ from mixer_scaling.models.flops import count_model_flops
 from mixer_scaling.models.registry import build_from_spec
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_MODEL = REPO / "conf" / "model"
+CONF_MODEL = REPO / "src" / "mixer_scaling" / "conf" / "model"
 
 
 def meta_build(name: str, num_classes: int = 1000, **cfg) -> nn.Module:

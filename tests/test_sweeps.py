@@ -1,4 +1,4 @@
-"""Every sweep in sweeps/ composes into the grid it claims; presets, cost and bad input of `sweep launch`.
+"""Every sweep in conf/sweep/ composes into the grid it claims; presets, cost and bad input of `sweep launch`.
 
 The dispatch itself is tested against a real SLURM cluster in tests/test_sweep_slurm.py; here the
 local and debug executors run real cells on this machine.
@@ -37,7 +37,7 @@ def models(sweep):
 
 def test_every_sweep_file_is_tested_here():
     assert set(known_sweeps()) == {"demo", "cpu_study", "smoke", "data_scaling", "pareto", "permutation"}
-    assert sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")) == sorted(known_sweeps())
+    assert sorted(p.stem for p in (ROOT / "src" / "mixer_scaling" / "conf" / "sweep").glob("*.yaml")) == sorted(known_sweeps())
 
 
 def test_demo_grid():

@@ -95,7 +95,7 @@ def test_wandb_alone_uses_the_studys_wandb_settings(tmp_path, table):
     assert proc.returncode == 0, proc.stderr
     _, fields, _, _ = _offline_run(tmp_path / "figs")
     assert fields["project"] == "mixer-scaling"  # conf/wandb/default.yaml
-    assert "mixer-scaling" in (ROOT / "conf" / "wandb" / "default.yaml").read_text()
+    assert "mixer-scaling" in (ROOT / "src" / "mixer_scaling" / "conf" / "wandb" / "default.yaml").read_text()
 
 
 def test_online_unreachable_logs_offline_with_one_warning(tmp_path, table):

@@ -5,7 +5,7 @@
     mixer-scaling study <sweep> [overrides] [-o dir]  any sweep on this machine, then its table, figures, findings
     mixer-scaling train [overrides...]                one run (same as python -m mixer_scaling.train)
     mixer-scaling finetune parent=<run> [overrides]   fine-tune a run (python -m mixer_scaling.finetune)
-    mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (sweeps/<name>.yaml)
+    mixer-scaling sweep launch|status|list <sweep>    a grid of runs on SLURM or here (conf/sweep/<name>.yaml)
     mixer-scaling evaluate <runs>... [eval.*|fewshot.*]      score finished runs on other evaluation settings
     mixer-scaling collect <runs_dir>... -o results.parquet   one table from run records (or --wandb)
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
@@ -32,7 +32,7 @@ from .paths import check_folder
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 INTERRUPTED_LINE = "interrupted; finished runs are kept, rerun to resume"
 
-DEMO_SWEEP = "demo"  # sweeps/demo.yaml: tiny and micro Mixer, ViT, BiT x 3 data fractions
+DEMO_SWEEP = "demo"  # conf/sweep/demo.yaml: tiny and micro Mixer, ViT, BiT x 3 data fractions
 
 
 def _console():
@@ -88,7 +88,7 @@ def cmd_study(args) -> int:
     check_folder(out_dir, "--figures" if getattr(args, "command", "") == "demo" else "-o", beside=True)
     plan = launch.plan(sweep, "local")
     parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
-    console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (sweeps/{args.sweep}.yaml), {len(plan.todo)} to run, "
+    console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (conf/sweep/{args.sweep}.yaml), {len(plan.todo)} to run, "
                   f"{parallel} at a time; finished runs are reused")
 
     def on_done(cell, status, seconds, out):
@@ -234,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--boot", type=int, default=200, help="bootstrap resamples (default 200)")
     d.set_defaults(fn=cmd_demo, best_over=[])
     st = sub.add_parser("study", help="any sweep here (local executor), then its table, figures and findings")
-    st.add_argument("sweep", help="sweep name (sweeps/<name>.yaml), e.g. cpu_study")
+    st.add_argument("sweep", help="sweep name (conf/sweep/<name>.yaml), e.g. cpu_study")
     st.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     st.add_argument("--parallel", type=int, default=None, help="runs at once (default: one per core)")
     st.add_argument("-o", "--output", default=None, help="folder for table, figures, findings "

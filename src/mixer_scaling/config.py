@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
@@ -26,7 +26,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from .errors import ConfigError, UserError, one_line
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs are package data (src/mixer_scaling/conf/), found through Hydra's pkg:// search path, so every
+# install (editable or a wheel) composes the same configs from any working directory.
+CONF_MODULE = "mixer_scaling.conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the same files on disk: listing a group's options
 PRIMARY = "config"
 GROUPS = ("model", "data", "train", "fewshot", "wandb", "sweep", "resources")
 OPTIONAL_GROUPS = ("resources",)  # may be null
@@ -54,7 +57,7 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False, resolve: bo
         _check_group_choice(o)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
     except UserError:
         raise

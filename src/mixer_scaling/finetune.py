@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, records
-from .config import CONF_DIR, compose, expand, split_argv, validate
+from .config import compose, expand, split_argv, validate
 from .data import build_data
 from .errors import ConfigError, UserError, one_line
 from .models import build_model, expand_token_mixing, finetune_factor, forward_flops, get_spec, resample_vit_pos_embed
@@ -234,7 +234,7 @@ def check_overrides(argv) -> int:
     return len(cells)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
+@hydra.main(version_base="1.3", config_path="pkg://mixer_scaling.conf", config_name=CONFIG_NAME)
 def _app(cfg: DictConfig) -> None:
     prepared: list[Plan] = []  # a failure before prepare() has no run directory to record it in
 

@@ -1,4 +1,4 @@
-"""A sweep: the grid of run configs a ``sweeps/<name>.yaml`` enumerates, and where each cell stands.
+"""A sweep: the grid of run configs a ``conf/sweep/<name>.yaml`` enumerates, and where each cell stands.
 
 A sweep config is an ordinary Hydra config (``+sweep=<name>``) whose ``hydra.sweeper.params`` lists
 the axes; :func:`load` expands it exactly as Hydra's multirun would (plus any command-line axes),
@@ -167,7 +167,7 @@ def load(name: str, overrides: Sequence[str] = (), progress: bool = True) -> Swe
     """Expand, compose and validate every cell of sweep ``name`` (ConfigError on any bad cell)."""
     if name not in known_sweeps():
         raise ConfigError(f"sweep {name!r} is not a known sweep; choose one of: {', '.join(known_sweeps())} "
-                          f"(sweeps/<name>.yaml)")
+                          f"(conf/sweep/<name>.yaml)")
     run_overrides, launcher_overrides = split_overrides(overrides)
     base = [f"+{SWEEP_GROUP}={name}"]
     cells_overrides = grid([*base, *run_overrides])

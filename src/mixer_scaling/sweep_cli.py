@@ -137,13 +137,13 @@ def cmd_status(args) -> int:
 
 
 def register(subparsers) -> None:
-    s = subparsers.add_parser("sweep", help="launch a grid of runs (sweeps/<name>.yaml) and follow it")
+    s = subparsers.add_parser("sweep", help="launch a grid of runs (conf/sweep/<name>.yaml) and follow it")
     sub = s.add_subparsers(dest="sweep_command", required=True)
     ls = sub.add_parser("list", help="the known sweeps")
     ls.set_defaults(fn=cmd_list)
 
     la = sub.add_parser("launch", help="submit every cell that is not done (slurm returns at once)")
-    la.add_argument("sweep", help="a sweep name (sweeps/<name>.yaml)")
+    la.add_argument("sweep", help="a sweep name (conf/sweep/<name>.yaml)")
     la.add_argument("overrides", nargs="*", help="Hydra overrides: run keys (also a,b sweeps), "
                     "hydra.launcher.<key>=..., resources=<preset>, resources.gpu_memory_gb=<GB per GPU>")
     la.add_argument("--executor", default="slurm", help="slurm (default), local or debug")

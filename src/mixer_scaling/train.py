@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__, checkpoint, columns, distributed, locks, precision, records, score
-from .config import CONF_DIR, PRIMARY, check_overrides, validate
+from .config import PRIMARY, check_overrides, validate
 from .data import build_data, build_fewshot_sets
 from .data.fingerprint import data_fingerprints
 from .engine import SELECT_KEY, Interrupted, Loop
@@ -470,7 +470,7 @@ def app_body(job: Callable[[], object], config_of_failure: Callable[[], DictConf
         sys.exit(locks.EXIT_BUSY)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY)
+@hydra.main(version_base="1.3", config_path="pkg://mixer_scaling.conf", config_name=PRIMARY)
 def _app(cfg: DictConfig) -> None:
     app_body(lambda: run(cfg), lambda: cfg)
 

@@ -8,7 +8,7 @@ has one row per (model, permutation) with the mean, std, number of runs and the 
 same model on the original images (the paper: Mixer unchanged by patch + pixel, ~45% lower under the
 global shuffle; the ResNet lower under both, ~75% under global).
 
-    render_permutation(collect(runs_dir).table, "figures/")    # sweeps/permutation.yaml's runs
+    render_permutation(collect(runs_dir).table, "figures/")    # conf/sweep/permutation.yaml's runs
 """
 
 from __future__ import annotations
