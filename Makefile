@@ -43,7 +43,7 @@ gpu-check:
 
 gpu-check-wheels: install
 	$(BIN)/python -m pip wheel -q --no-deps -c constraints.txt -w benchmarks/wheels \
-		hydra-core omegaconf antlr4-python3-runtime submitit hydra-submitit-launcher wids braceexpand
+		hydra-core omegaconf "antlr4-python3-runtime==4.9.*" submitit hydra-submitit-launcher wids braceexpand
 
 clean:
 	rm -rf runs outputs multirun wandb .pytest_cache

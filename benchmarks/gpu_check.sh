@@ -22,7 +22,11 @@ if ! "$PY" -c "$need" 2>/dev/null; then
   if compgen -G "benchmarks/wheels/*.whl" >/dev/null; then
     "$venv/bin/python" -m pip install -q --no-index --no-deps benchmarks/wheels/*.whl
   fi
-  "$venv/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  # The project itself, editable; with an old setuptools that cannot build it, from the source tree.
+  if ! "$venv/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
+    echo "gpu_check: pip could not install the project here; using it from src/ (PYTHONPATH)" >&2
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   PY=$venv/bin/python
   if ! "$PY" -c "$need"; then
     echo "gpu_check: packages missing; fill benchmarks/wheels/ with 'make gpu-check-wheels' where there is network" >&2
