@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ pytest_plugins = ["slurm_cluster"]
 # Tests never talk to the W&B servers; runs that exercise W&B use its real client in offline mode.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# A developer's own config directory (~/.config/mixer-scaling: a default cluster, own sweeps) stays out of the
+# tests: they see the shipped configs only, unless a test points this at a folder of its own.
+os.environ["MIXER_SCALING_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="mixer-user-config-")) / "none")
 
 # Small enough for seconds on 2 CPU cores, large enough to exercise every stage of a run.
 TINY_SYNTHETIC = ["data.size=2000", "data.val_size=256"]

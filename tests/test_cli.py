@@ -46,8 +46,9 @@ def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
     proc = run_cli(args, cwd=tmp_path, env={"COLUMNS": "160"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 to run" in proc.stdout and "2/2 runs done" in proc.stdout
+    assert "2/2 fine-tunes" in proc.stdout  # the demo's second stage: the 100% seed-0 parent at two fine-tuning lrs
     figures = tmp_path / "figures" / "demo"
-    for stem in ("pareto_compute", "pareto_throughput", "data_scaling"):
+    for stem in ("pareto_compute", "pareto_throughput", "data_scaling", "pareto_finetuned"):
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.csv").exists()
     assert "on the frontier" in proc.stdout and "data scaling" in proc.stdout
     assert (figures / "findings.md").exists() and (figures / "findings.json").exists()

@@ -403,7 +403,10 @@ def test_bit_models_not_in_timm_have_the_right_shape():
 @pytest.mark.parametrize("name, image_size", [("mixer/tiny", None), ("mixer/tiny", 64), ("mixer/s32", None), ("mixer/b16", None), ("mixer/h14", 448)])
 def test_mixer_flop_formula_equals_the_counter(name, image_size):
     spec = get_spec(name)
+    from mixer_scaling.models.flops import _counts  # the counter (forward_flops takes the formula for Mixer)
+
     assert mixer_flops(spec, image_size) == forward_flops(name, image_size)
+    assert mixer_flops(spec, image_size) == _counts(name, image_size or spec.image_size, 1000).flops
     if name in ("mixer/tiny", "mixer/s32"):  # the full model, counted directly, agrees too
         with torch.device("meta"):
             full = build_from_spec(spec, 1000, image_size)

@@ -45,6 +45,7 @@ def test_the_wheel_holds_every_config_and_sweep(installed):
     in_tree = {str(p.relative_to(ROOT / "src" / "mixer_scaling" / "conf"))
                for p in (ROOT / "src" / "mixer_scaling" / "conf").rglob("*.yaml")}
     assert shipped == in_tree and "sweep/pareto.yaml" in shipped and "config.yaml" in shipped
+    assert "hydra_plugins/mixer_scaling_user_config/__init__.py" in names  # the user config directory's plugin
 
 
 def test_commands_work_from_another_directory(installed, tmp_path):

@@ -36,7 +36,7 @@ def models(sweep):
 
 
 def test_every_sweep_file_is_tested_here():
-    assert set(known_sweeps()) == {"demo", "cpu_study", "smoke", "data_scaling", "pareto", "permutation"}
+    assert set(known_sweeps()) == {"demo", "cpu_study", "smoke", "smoke_stages", "data_scaling", "pareto", "permutation"}
     assert sorted(p.stem for p in (ROOT / "src" / "mixer_scaling" / "conf" / "sweep").glob("*.yaml")) == sorted(known_sweeps())
 
 
@@ -260,7 +260,7 @@ def test_presets_grow_with_the_model(paper_roots):
 
 
 def test_every_preset_file_is_in_the_size_table():
-    files = sorted(p.stem for p in (ROOT / "conf/resources").glob("*.yaml"))
+    files = sorted(p.stem for p in (ROOT / "src" / "mixer_scaling" / "conf" / "resources").glob("*.yaml"))
     assert files == sorted(name for name, _ in PRESET_GFLOPS)
     for name in files:
         params = launcher_params("slurm", name, [])

@@ -11,6 +11,7 @@
     mixer-scaling figures <results|runs_dir|paper> -o <dir>  the paper's figures from a table
     mixer-scaling weights <run> [-o dir]                   a Mixer run's token-mixing weights (paper Fig. 5)
     mixer-scaling data pack SRC OUT [--image-size N]       an ImageFolder tree or CIFAR into shards (data=shards)
+    mixer-scaling init [--cluster NAME] [--dir DIR]        a starter cluster config in the user config directory
 
 Bad arguments print one line and exit with status 2. Ctrl-C prints one line (finished runs are kept;
 rerun to resume) and exits with status 130.
@@ -66,12 +67,16 @@ def cmd_study(args) -> int:
 
     ``mixer-scaling demo`` is ``mixer-scaling study demo``. The table (parquet and CSV), the figures and
     ``findings.md``/``findings.json`` go to one folder (default ``figures/<sweep>`` beside ``runs_dir``),
-    with ``study.json``: the command, machine, versions and compute they were made with.
+    with ``study.json``: the command, machine, versions and compute they were made with. A sweep with a
+    second stage (:mod:`.stages`) runs it after the first (children of finished parents only), and its
+    fine-tunes, joined to their parents, add ``results_finetuned.parquet``/``.csv`` and the
+    ``pareto_finetuned`` figure.
     """
     from . import launch
     from .analysis.figures import render
-    from .analysis.results import collect, write_table
-    from .sweep import cell_states, load
+    from .analysis.results import collect, collect_finetunes, write_table
+    from .sweep import load
+    from .sweep_cli import run_stages
 
     console = _console()
     t0 = time.perf_counter()
@@ -88,8 +93,10 @@ def cmd_study(args) -> int:
     check_folder(out_dir, "--figures" if getattr(args, "command", "") == "demo" else "-o", beside=True)
     plan = launch.plan(sweep, "local")
     parallel = launch.default_parallel(plan) if args.parallel is None else args.parallel
+    stage = sweep.stage
     console.print(f"[bold]{args.sweep}[/]: {len(sweep.cells)} runs (conf/sweep/{args.sweep}.yaml), {len(plan.todo)} to run, "
-                  f"{parallel} at a time; finished runs are reused")
+                  f"{parallel} at a time; finished runs are reused"
+                  + (f"; then stage 2, {stage.name}: {len(stage.children)} runs after their parents" if stage else ""))
 
     def on_done(cell, status, seconds, out):
         record = cell.record() or {}  # None for a damaged record
@@ -99,18 +106,23 @@ def cmd_study(args) -> int:
                   + (f"  val top-1 {top1:.3f}, best step {record.get('best_step')}/{record.get('steps')}"
                      if isinstance(top1, (int, float)) else f"  {(record.get('error') or {}).get('message', '')}"))
 
-    launch.run_here(plan, parallel=parallel, on_done=on_done)
-    states = cell_states(sweep)
+    everything = run_stages(sweep, plan, "local", parallel, on_done, console.print)
+    states, children = everything[:len(sweep.cells)], everything[len(sweep.cells):]
     done = [s for s in states if s.state == "done"]
-    console.print(f"{len(done)}/{len(states)} runs done in {time.perf_counter() - t0:.0f} s")
+    console.print(f"{len(done)}/{len(states)} runs done"
+                  + (f", {sum(s.state == 'done' for s in children)}/{len(children)} fine-tunes" if stage else "")
+                  + f" in {time.perf_counter() - t0:.0f} s")
     if not done:
         return 1
+    finetunes = collect_finetunes([s.cell.run_dir for s in children if s.record]) if children else None
 
     df, summary = collect([s.cell.run_dir for s in states if s.record], warn=False)
     for line in summary.warnings:
         console.print(f"warning: {line}")
-    rendered = render(df, out_dir, summary=summary, n_boot=args.boot, best_over=args.best_over)
+    rendered = render(df, out_dir, summary=summary, n_boot=args.boot, best_over=args.best_over, finetunes=finetunes)
     results = write_table(df, out_dir / "results.parquet", out_dir / "results.csv")
+    if finetunes is not None and not finetunes.empty:
+        results += write_table(finetunes, out_dir / "results_finetuned.parquet", out_dir / "results_finetuned.csv")
     _write_study_facts(out_dir / "study.json", args, df, trained_now=len(plan.todo),
                        wall_seconds=time.perf_counter() - t0)
 
@@ -125,7 +137,7 @@ def cmd_study(args) -> int:
         console.print(line)
     if rendered.dashboard is not None:  # the one file to open: interactive, works offline from disk
         console.print(f"dashboard: {rendered.dashboard}", soft_wrap=True, markup=False, highlight=False)
-    return 0 if len(done) == len(states) else 1
+    return 0 if all(s.state == "done" for s in everything) else 1
 
 
 def _write_study_facts(path: Path, args, df, trained_now: int, wall_seconds: float) -> None:
@@ -220,6 +232,31 @@ def cmd_data_pack(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    """Write a starter ``cluster/<name>.yaml`` and the folder layout into the user config directory
+    (:mod:`.userconf`); an existing file is never overwritten."""
+    import re
+
+    from .errors import ConfigError
+    from .userconf import ENV, user_config_dir, write_starter
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", args.cluster):
+        raise ConfigError(f"--cluster={args.cluster!r} is not allowed; expected a name of letters, digits, _ and - "
+                          "(it is chosen as cluster=<name>)")
+    directory = Path(args.dir).expanduser().resolve() if args.dir else user_config_dir()
+    check_folder(str(directory), "--dir" if args.dir else f"${ENV}")
+    try:
+        path = write_starter(args.cluster, directory)
+    except FileExistsError:
+        raise ConfigError(f"{directory / 'cluster' / (args.cluster + '.yaml')} exists; not overwritten (edit it, "
+                          "or choose another --cluster name)") from None
+    use = "every command" if args.cluster == "default" else f"cluster={args.cluster}"
+    print(f"wrote {path}: fill in partition, account, setup and the GPU; used by {use}")
+    if directory != user_config_dir():
+        print(f"the user config directory is {user_config_dir()}; to use this one: export {ENV}={directory}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixer-scaling", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -262,6 +299,13 @@ def parser() -> argparse.ArgumentParser:
     pk.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
     pk.add_argument("--quiet", action="store_true", help="no progress bar")
     pk.set_defaults(fn=cmd_data_pack)
+    ini = sub.add_parser("init", help="write a starter cluster config (partition, account, setup, GPU) into the "
+                         "user config directory ($MIXER_SCALING_CONFIG, default ~/.config/mixer-scaling)")
+    ini.add_argument("--cluster", default="default", help="its name, chosen by cluster=<name> (default: default, "
+                     "used by every command without cluster=)")
+    ini.add_argument("--dir", default=None, help="the user config directory (default: $MIXER_SCALING_CONFIG, "
+                     "else ~/.config/mixer-scaling)")
+    ini.set_defaults(fn=cmd_init)
     from .analysis.cli import register as register_analysis
     from .analysis.weights import register as register_weights
     from .score import register as register_score

@@ -205,14 +205,47 @@ class Loop:
 
     def run(self) -> dict:
         """Train to the end (or to a stop signal). Returns the compute counters."""
-        t, model, device = self.cfg, self.model, self.device
-        optimizer = build_optimizer(model, t)
-        scheduler = build_scheduler(optimizer, t, self.steps)
+        optimizer = build_optimizer(self.model, self.cfg)
+        scheduler = build_scheduler(optimizer, self.cfg, self.steps)
+        start = self._restore(optimizer, scheduler)
+        if start >= self.steps:
+            return self.counters
+        loader = self._loader(start)
+        state = self._prepare(optimizer, scheduler, start)
+        with stop_on_signals() as stop:
+            for x, y in loader:
+                grad_norm = self._step(state, x, y)
+                step, last = state.step, state.step == self.steps
+                if (self.cfg.log_every and step % self.cfg.log_every == 0) or last:
+                    self._log(state, grad_norm)
+                # All ranks agree, so none waits in a collective for a rank that has stopped.
+                signum = distributed.any_stop(stop["signum"])
+                due = self.eval_due(step)
+                if due and signum:  # a stop checkpoints first (its grace time is short); the resumed run evaluates
+                    self.counters["eval_pending"] = step
+                elif due:
+                    spent = self._evaluate(step)
+                    state.seg_t0 += spent  # evaluation time is neither training time nor its throughput
+                    state.window_t0 += spent
+                # A checkpoint after every evaluation keeps the best weights and the curve in step with it.
+                if last or signum or due or (self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0):
+                    self._checkpoint(state)
+                if signum:
+                    state.bar.close()
+                    distributed.barrier()  # the other ranks leave only once rank 0's checkpoint is on disk
+                    raise Interrupted(step, signum, stop["previous"].get(signum))
+        state.bar.close()
+        return self.counters
+
+    def _restore(self, optimizer, scheduler) -> int:
+        """Resume from the latest valid checkpoint, if any (weights, optimizer, schedule, counters, random
+        state; other ranks their own stream), tidy stale best weights, report to ``on_resume`` and run an
+        evaluation a stop left pending. Returns the step training starts from."""
         start = 0
         latest = checkpoint.load_latest(self.ckpt_path, tidy=self.rank == 0)
         ckpt = latest.state
         if ckpt is not None:
-            checkpoint.restore(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+            checkpoint.restore(ckpt, model=self.model, optimizer=optimizer, scheduler=scheduler)
             start, self.counters = ckpt["step"], dict(ckpt["counters"])
             log.info("resuming from step %d of %d", start, self.steps)
             before = ckpt["extra"].get("precision")
@@ -237,24 +270,30 @@ class Loop:
             self.on_resume(start, latest.problems)
         if self.counters.pop("eval_pending", None) == start:  # stopped before its evaluation: do it now
             self._evaluate(start)
-        if start >= self.steps:
-            return self.counters
+        return start
 
+    def _loader(self, start: int):
+        """This rank's batches from step ``start`` on: a pure function of (seed, step), see :mod:`.stream`."""
+        t, device = self.cfg, self.device
         own_loader = getattr(self.train_set, "train_loader", None)
         if own_loader is not None:  # a stream (shards) orders its own samples: the same contract as below
-            loader = own_loader(batch_size=t.batch_size, total_steps=self.steps, seed=self.seed, start_step=start,
-                                rank=self.rank, world_size=self.world_size, num_workers=self.num_workers,
-                                collate_fn=self.collate_fn, pin_memory=device.type == "cuda")
-        else:
-            sampler = StreamSampler(len(self.train_set), t.batch_size, self.steps, seed=self.seed,
-                                    start_step=start, rank=self.rank, world_size=self.world_size)
-            loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
-                                num_workers=self.num_workers, pin_memory=device.type == "cuda",
-                                # its own generator, so building the loader never draws from the global RNG
-                                generator=torch.Generator().manual_seed(self._seed(start)))
+            return own_loader(batch_size=t.batch_size, total_steps=self.steps, seed=self.seed, start_step=start,
+                              rank=self.rank, world_size=self.world_size, num_workers=self.num_workers,
+                              collate_fn=self.collate_fn, pin_memory=device.type == "cuda")
+        sampler = StreamSampler(len(self.train_set), t.batch_size, self.steps, seed=self.seed,
+                                start_step=start, rank=self.rank, world_size=self.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate_fn,
+                          num_workers=self.num_workers, pin_memory=device.type == "cuda",
+                          # its own generator, so building the loader never draws from the global RNG
+                          generator=torch.Generator().manual_seed(self._seed(start)))
+
+    def _prepare(self, optimizer, scheduler, start: int) -> "_Training":
+        """Loss, mixup, autocast, gradient accumulation and checkpointing, DDP and compile: what every step
+        uses, with the loss window and timers as a resume left them."""
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
+        t, model, device = self.cfg, self.model, self.device
         mixup = Mixup(mixup_alpha=t.mixup, label_smoothing=t.label_smoothing, num_classes=self.num_classes) \
             if t.mixup > 0 else None
         loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
@@ -279,72 +318,85 @@ class Loop:
         seg_t0 = time.perf_counter()
         bar = tqdm(total=self.steps, initial=start, disable=not self.progress or self.rank != 0,
                    desc="train", unit="step", dynamic_ncols=True, leave=False)
-        step = start
-        with stop_on_signals() as stop:
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if mixup:  # on the whole batch, as without accumulation (one mixing draw per batch)
-                    x, y = mixup(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss = self._forward_backward(net, loss_fn, autocast, x, y, accum, ddp)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-                optimizer.step()
-                step += 1
-                scheduler.step_update(num_updates=step)
-                window_loss += loss.detach()
-                window_n += 1
-                bar.update(1)
+        return _Training(optimizer, scheduler, net, ddp, loss_fn, autocast, accum, mixup, bar, start,
+                         window_loss, window_n, window_t0, seg_t0)
 
-                last = step == self.steps
-                if (t.log_every and step % t.log_every == 0) or last:
-                    now = time.perf_counter()
-                    train_loss = distributed.mean(window_loss / window_n).item()  # every rank takes part
-                    if not math.isfinite(train_loss):  # every rank sees the same mean, so all stop here
-                        raise NonFiniteLoss(f"non-finite training loss ({train_loss}) at step {step} "
-                                            f"(lr {optimizer.param_groups[0]['lr']:.3g}): the run diverged; "
-                                            "lower train.lr or raise train.warmup_steps")
-                    if self.rank == 0:
-                        row = {
-                            "step": step,
-                            "examples": step * t.batch_size,
-                            "epoch": step * t.batch_size / len(self.train_set),
-                            "train/loss": train_loss,
-                            "train/grad_norm": float(grad_norm),
-                            "train/lr": optimizer.param_groups[0]["lr"],
-                            "train/img_per_s": window_n * t.batch_size / (now - window_t0),
-                        }
-                        bar.set_postfix(loss=f"{train_loss:.3f}")
-                        self.on_log(row)
-                    window_loss.zero_()
-                    window_n, window_t0 = 0, time.perf_counter()
-                # All ranks agree, so none waits in a collective for a rank that has stopped.
-                signum = distributed.any_stop(stop["signum"])
-                due = self.eval_due(step)
-                if due and signum:  # a stop checkpoints first (its grace time is short); the resumed run evaluates
-                    self.counters["eval_pending"] = step
-                elif due:
-                    spent = self._evaluate(step)
-                    seg_t0 += spent  # evaluation time is neither training time nor its throughput
-                    window_t0 += spent
-                # A checkpoint after every evaluation keeps the best weights and the curve in step with it.
-                if last or signum or due or (t.checkpoint_every and step % t.checkpoint_every == 0):
-                    now = time.perf_counter()
-                    self.counters["train_seconds"] += now - seg_t0
-                    # device-seconds per segment, so a job requeued on more or fewer ranks adds up right
-                    self.counters["device_seconds"] = self.counters.get("device_seconds", 0.0) + \
-                        (now - seg_t0) * self.world_size
-                    self.counters["examples"] = step * t.batch_size
-                    self.counters["window_loss"] = distributed.mean(window_loss).item()
-                    self.counters["window_n"] = window_n
-                    seg_t0 = now
-                    rngs = distributed.gather(checkpoint.rng_state()) if self.world_size > 1 else None
-                    if self.rank == 0:
-                        checkpoint.save(self.ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                        step=step, counters=self.counters,
-                                        extra={"precision": self.precision, **({"rng_per_rank": rngs} if rngs else {})})
-                if signum:
-                    bar.close()
-                    distributed.barrier()  # the other ranks leave only once rank 0's checkpoint is on disk
-                    raise Interrupted(step, signum, stop["previous"].get(signum))
-        bar.close()
-        return self.counters
+    def _step(self, state: "_Training", x, y) -> torch.Tensor:
+        """One update on the batch ``(x, y)``; advances ``state.step`` and the loss window. Returns the
+        gradient norm before clipping."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if state.mixup:  # on the whole batch, as without accumulation (one mixing draw per batch)
+            x, y = state.mixup(x, y)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss = self._forward_backward(state.net, state.loss_fn, state.autocast, x, y, state.accum, state.ddp)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        state.optimizer.step()
+        state.step += 1
+        state.scheduler.step_update(num_updates=state.step)
+        state.window_loss += loss.detach()
+        state.window_n += 1
+        state.bar.update(1)
+        return grad_norm
+
+    def _log(self, state: "_Training", grad_norm: torch.Tensor) -> None:
+        """The mean loss of the window since the last logged step (every rank takes part), one metrics row
+        on rank 0 (:attr:`on_log`); NonFiniteLoss when the run diverged. Starts the next window."""
+        t, step = self.cfg, state.step
+        now = time.perf_counter()
+        train_loss = distributed.mean(state.window_loss / state.window_n).item()  # every rank takes part
+        if not math.isfinite(train_loss):  # every rank sees the same mean, so all stop here
+            raise NonFiniteLoss(f"non-finite training loss ({train_loss}) at step {step} "
+                                f"(lr {state.optimizer.param_groups[0]['lr']:.3g}): the run diverged; "
+                                "lower train.lr or raise train.warmup_steps")
+        if self.rank == 0:
+            row = {
+                "step": step,
+                "examples": step * t.batch_size,
+                "epoch": step * t.batch_size / len(self.train_set),
+                "train/loss": train_loss,
+                "train/grad_norm": float(grad_norm),
+                "train/lr": state.optimizer.param_groups[0]["lr"],
+                "train/img_per_s": state.window_n * t.batch_size / (now - state.window_t0),
+            }
+            state.bar.set_postfix(loss=f"{train_loss:.3f}")
+            self.on_log(row)
+        state.window_loss.zero_()
+        state.window_n, state.window_t0 = 0, time.perf_counter()
+
+    def _checkpoint(self, state: "_Training") -> None:
+        """Close the compute segment in the counters and write the checkpoint (rank 0; every rank's random
+        state gathered when data parallel)."""
+        step, now = state.step, time.perf_counter()
+        self.counters["train_seconds"] += now - state.seg_t0
+        # device-seconds per segment, so a job requeued on more or fewer ranks adds up right
+        self.counters["device_seconds"] = self.counters.get("device_seconds", 0.0) + \
+            (now - state.seg_t0) * self.world_size
+        self.counters["examples"] = step * self.cfg.batch_size
+        self.counters["window_loss"] = distributed.mean(state.window_loss).item()
+        self.counters["window_n"] = state.window_n
+        state.seg_t0 = now
+        rngs = distributed.gather(checkpoint.rng_state()) if self.world_size > 1 else None
+        if self.rank == 0:
+            checkpoint.save(self.ckpt_path, model=self.model, optimizer=state.optimizer, scheduler=state.scheduler,
+                            step=step, counters=self.counters,
+                            extra={"precision": self.precision, **({"rng_per_rank": rngs} if rngs else {})})
+
+
+@dataclass
+class _Training:
+    """What the steps of one :meth:`Loop.run` share: the update's parts and the loss window and timers."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    net: torch.nn.Module            # what trains: the model, or its DDP wrapper, or torch.compile of either
+    ddp: DistributedDataParallel | None
+    loss_fn: Callable
+    autocast: object
+    accum: int
+    mixup: object | None
+    bar: object
+    step: int                       # updates done
+    window_loss: torch.Tensor       # summed loss since the last logged step
+    window_n: int
+    window_t0: float
+    seg_t0: float                   # start of the compute segment the next checkpoint closes

@@ -16,7 +16,9 @@ The head is replaced by a zero-initialised one for the downstream classes. Train
 record are :mod:`.train`'s (``run(cfg, build_fn=...)``): the fine-tune gets its own run directory, with
 ``parent_run_id``/``parent_run_dir``/``finetune_factor`` in its ``result.json`` and job_type ``finetune``
 in W&B (group: the parent's study). Its run id hashes its config with ``parent`` set to the parent's run
-id, so the same fine-tune resumes or skips whether the parent is named by directory or by id.
+id, so the same fine-tune resumes or skips whether the parent is named by directory or by id; that config
+follows from the parent's config alone (:func:`child_config`), so a sweep's second stage knows it before
+the parent has run (:mod:`.stages`).
 
 Everything that can fail on bad input (no such parent, parent not done or without a checkpoint, a model
 override that is not the parent's, a non-integer K for Mixer) fails in :func:`prepare`, before anything
@@ -130,6 +132,18 @@ def prepare(cfg: DictConfig) -> Plan:
     if OmegaConf.is_missing(cfg, "parent") or cfg.parent in (None, ""):
         raise ConfigError("parent is required; set it to a finished pre-training run: parent=<run directory or run id>")
     parent = find_parent(str(cfg.parent), str(cfg.runs_dir))
+    final, factor = child_config(cfg, parent.run_id, parent.config, parent.image_size)
+    return Plan(final, parent, factor)
+
+
+def child_config(cfg: DictConfig, parent_run_id: str, parent_config: DictConfig,
+                 parent_image_size: int) -> tuple[DictConfig, int | float]:
+    """(the fine-tune's resolved, validated run config, its resolution factor) from the composed fine-tune
+    config and what it takes of the parent: its run id, its resolved config and its pre-training resolution.
+    Needs none of the parent's files, so a sweep's second stage knows a child's run id (a hash of this
+    config) before the parent has finished (:mod:`.stages`); :func:`prepare` gives the same config once the
+    parent is done. Raises ConfigError."""
+    parent = Parent(parent_run_id, Path("."), parent_config, {}, parent_image_size, 0)
     model = _model_node(cfg, parent)
     spec = get_spec(model["name"])
     size = parent.image_size if cfg.image_size is None else cfg.image_size
@@ -158,7 +172,7 @@ def prepare(cfg: DictConfig) -> Plan:
         raise ConfigError(f"cannot resolve the config: {one_line(exc)}") from None
     OmegaConf.set_struct(final, True)
     validate(final)
-    return Plan(final, parent, factor)
+    return final, factor
 
 
 def _fresh_head(model: torch.nn.Module, num_classes: int) -> None:

@@ -11,6 +11,11 @@
   so the terminal shows only the command's one line (``mixer-scaling``: exit 130).
 * ``debug``: in this process, one after the other (breakpoints work); waits.
 
+A sweep's second stage (:mod:`.stages`: fine-tunes of its cells) goes through the same :func:`plan` and
+:func:`submit`: on SLURM its cells are submitted in the same launch, one array per parent job, each with
+``--dependency=afterok:<parent job>`` (:func:`dependency`); locally they run after the first stage. Their
+job is :class:`FinetuneJob` (:func:`job_for`).
+
 Every ``runs_dir`` is checked before anything is planned or submitted (:func:`check_runs_dirs`: writable,
 no name over 255 bytes, no file on the way, no ``%`` for SLURM, which expands it in log paths).
 
@@ -45,7 +50,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -84,8 +89,12 @@ class CellJob(submitit.helpers.Checkpointable):
     the run itself resumes from its run directory."""
 
     def __call__(self, config: dict) -> dict:
-        from .engine import Interrupted  # here, not at the top: the launcher itself never trains
         from .train import run
+
+        return self._run(config, run)
+
+    def _run(self, config: dict, run: Callable) -> dict:
+        from .engine import Interrupted  # here, not at the top: the launcher itself never trains
 
         if not logging.getLogger().handlers:  # the run's progress lines, in the job's log file
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -103,6 +112,26 @@ class CellJob(submitit.helpers.Checkpointable):
             record_failure(cfg, exc)
             raise
         return {"run_id": run_id_of(cfg), "status": (record or {}).get("status")}
+
+
+class FinetuneJob(CellJob):
+    """A second-stage cell (:mod:`.stages`): the fine-tune app's config, whose parent is named by run id. The
+    parent is found and checked when the job starts (under SLURM, after the parent's job succeeded)."""
+
+    def __call__(self, config: dict) -> dict:
+        from .finetune import build_finetune, prepare
+        from .train import run
+
+        # prepare() fails before any run directory exists (its error reaches the job's log, like sbatch's);
+        # a failure after it is recorded in the fine-tune's own result.json.
+        plan = prepare(OmegaConf.create(config))
+        return self._run(OmegaConf.to_container(plan.cfg, resolve=True),
+                         lambda cfg: run(cfg, build_fn=partial(build_finetune, plan=plan)))
+
+
+def job_for(cell: Cell) -> CellJob:
+    """The submitit callable that runs ``cell``: a fine-tune for a second-stage cell."""
+    return FinetuneJob() if getattr(cell, "stage", None) else CellJob()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +152,8 @@ def _num_classes(cell: Cell) -> int:
 
 
 def _gflops(cell: Cell) -> float:
+    if getattr(cell, "gflops", None):  # a fine-tune's own count (stages.Child: Mixer at K > 1 is wider)
+        return cell.gflops
     return cell_gflops(cell.value("model.name"), int(cell.value("data.image_size")), _num_classes(cell))
 
 
@@ -332,12 +363,23 @@ def check_options(*, parallel: int | None = None, mfu: float = DEFAULT_MFU,
         raise ConfigError(f"--parallel={parallel} is not allowed; expected an integer >= 1")
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu} is not allowed; expected a fraction in (0, 1]")
-    if not gpu_tflops > 0:
+    if gpu_tflops is not None and not gpu_tflops > 0:
         raise ConfigError(f"--gpu-tflops={gpu_tflops} is not allowed; expected a number > 0")
 
 
+def gpu_peak_tflops(executor: str, launcher_overrides: Sequence[str], flag: float | None) -> tuple[float, str]:
+    """The GPU peak the cost estimate assumes and where it comes from: ``--gpu-tflops``, else the user's
+    cluster (``cluster.gpu_tflops``), else an A100's bf16 peak."""
+    if flag is not None:
+        return flag, "--gpu-tflops"
+    tflops = OmegaConf.select(_preset_cfg(executor, "gpu1", launcher_overrides), "cluster.gpu_tflops")
+    if tflops:
+        return float(tflops), "cluster.gpu_tflops of the cluster config"
+    return GPU_PEAK_TFLOPS, "A100 bf16 peak; set cluster.gpu_tflops or --gpu-tflops"
+
+
 def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = DEFAULT_MFU,
-                  gpu_tflops: float = GPU_PEAK_TFLOPS) -> list[Cost]:
+                  gpu_tflops: float = GPU_PEAK_TFLOPS, source: str = "A100 bf16 peak; --gpu-tflops") -> list[Cost]:
     """GPU-hours (and CPU core-hours for CPU-preset cells) from FLOPs x examples seen."""
     check_options(mfu=mfu, gpu_tflops=gpu_tflops)
     by_unit: dict[str, float] = {}
@@ -349,7 +391,7 @@ def estimate_cost(cells: Sequence[Cell], presets: dict[str, str], mfu: float = D
     for unit, flops in by_unit.items():
         peak = cpu_core_gflops() * 1e9 if unit == "CPU core" else gpu_tflops * 1e12
         basis = (f"{mfu:.0%} of {peak / 1e9:.0f} GFLOP/s per core (measured here)" if unit == "CPU core"
-                 else f"{mfu:.0%} of {gpu_tflops:g} TFLOP/s per GPU (A100 bf16 peak; --gpu-tflops, --mfu)")
+                 else f"{mfu:.0%} of {gpu_tflops:g} TFLOP/s per GPU ({source}; --mfu)")
         costs.append(Cost(flops, flops / (peak * mfu) / 3600, unit, basis))
     return costs
 
@@ -434,20 +476,24 @@ def _unlock(held: list, created: list[Path], failed: bool) -> None:
     held.clear()
 
 
-def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_cluster: bool = True) -> Plan:
+def plan(sweep: Sweep, executor: str, max_array_size: int | None = None, check_cluster: bool = True,
+         states: list[CellState] | None = None, todo: list[Cell] | None = None) -> Plan:
     """Decide what to submit; checks launcher keys, presets and (for slurm, unless ``check_cluster`` is
-    False) the partition, the array limit and each array's sbatch request."""
+    False) the partition, the array limit and each array's sbatch request. ``states`` and ``todo``: a
+    second stage's, decided by :mod:`.stages` (default: the cells' states, and those to submit)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor={executor!r} is not allowed; choose one of: {', '.join(EXECUTORS)}")
     forced = forced_preset(sweep.launcher_overrides)
-    states = cell_states(sweep)  # asks squeue whenever any cell was ever sent to SLURM
+    if states is None:
+        states = cell_states(sweep)  # asks squeue whenever any cell was ever sent to SLURM
     unknown = [s for s in states if s.state == UNKNOWN]
     if unknown:
         raise UserError(f"cannot read the SLURM queue (squeue failed) while {len(unknown)} cells have SLURM jobs; "
                         "not submitting, so that no cell runs twice — try again when squeue answers")
     # A `running` record no queue vouches for is a local launch that died with its launcher: resume it.
-    todo = [s.cell for s in states if s.state in TO_SUBMIT or (executor != "slurm" and s.state == "running"
-                                                                 and not s.detail)]
+    if todo is None:
+        todo = [s.cell for s in states if s.state in TO_SUBMIT or (executor != "slurm" and s.state == "running"
+                                                                     and not s.detail)]
     # Presets of the cells to run only: a preset counts the model's FLOPs, which a done cell never needs.
     presets = {c.run_id: preset_for(c, forced) for c in todo}
     # The launcher overrides are checked even when nothing is to run (any preset will do for that).
@@ -503,30 +549,52 @@ def check_sbatch(script: str, what: str) -> None:
         raise UserError(f"sbatch refuses {what}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
 
 
-def submit(p: Plan) -> list[tuple[Cell, str]]:
-    """Submit every chunk as one array job; returns (cell, job id) pairs, remembered in the manifest."""
+def submit(p: Plan, after: dict[str, str] | None = None) -> list[tuple[Cell, str]]:
+    """Submit every chunk as one array job; returns (cell, job id) pairs, remembered in the manifest.
+
+    ``after``: run id → the SLURM job id (``123`` or an array task's ``123_4``) the cell must wait for
+    (a second stage's parent). Cells waiting for one job are one array submitted with ``--dependency=
+    afterok:<job>`` and ``--kill-on-invalid-dep=yes``: it starts only once that job has ended successfully
+    (a requeued job keeps its id, so its dependants wait for its last attempt), and leaves the queue
+    if that job fails, instead of waiting forever."""
     submitted = []
-    for preset, cells in p.groups():
-        runs_dir = Path(cells[0].value("runs_dir"))
-        folder = p.log_folder(runs_dir)
-        ex = make_executor(p.executor, p.params[preset], folder, f"{p.sweep.name}")
-        try:
-            jobs = ex.map_array(CellJob(), [c.config for c in cells])
-        except OSError as exc:
-            if exc.filename is None or Path(str(exc.filename)).name == "sbatch":
-                raise UserError(f"sbatch could not be run for the {preset} array of {len(cells)} cells: "
-                                f"{one_line(exc)}") from None
-            done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
-            raise UserError(f"cannot write the job files of the {preset} array of {len(cells)} cells in {folder} "
-                            f"({exc.strerror or one_line(exc)}: {exc.filename}); nothing of it was submitted{done}") \
-                from None
-        except Exception as exc:
-            done = f" ({len(submitted)} cells were submitted before it)" if submitted else ""
-            raise UserError(f"sbatch refused the {preset} array of {len(cells)} cells: {_sbatch_error(exc)}{done}") \
-                from None
-        p.sweep.remember(cells, [j.job_id for j in jobs], p.executor, folder)
-        submitted.extend(zip(cells, [j.job_id for j in jobs]))
+    after = after or {}
+    for preset, group in p.groups():
+        for job_after in dict.fromkeys(after.get(c.run_id) for c in group):
+            cells = [c for c in group if after.get(c.run_id) == job_after]
+            submitted += _submit_array(p, preset, cells, job_after, len(submitted))
     return submitted
+
+
+def dependency(params: dict, job_id: str | None) -> dict:
+    """Launcher params with sbatch's ``afterok`` dependency on ``job_id`` (none: unchanged)."""
+    if not job_id:
+        return params
+    extra = dict(params.get("additional_parameters") or {})
+    extra.update(dependency=f"afterok:{job_id}", kill_on_invalid_dep="yes")
+    return {**params, "additional_parameters": extra}
+
+
+def _submit_array(p: Plan, preset: str, cells: list[Cell], job_after: str | None, before: int) -> list:
+    runs_dir = Path(cells[0].value("runs_dir"))
+    folder = p.log_folder(runs_dir)
+    ex = make_executor(p.executor, dependency(p.params[preset], job_after), folder, f"{p.sweep.name}")
+    try:
+        jobs = ex.map_array(job_for(cells[0]), [c.config for c in cells])
+    except OSError as exc:
+        if exc.filename is None or Path(str(exc.filename)).name == "sbatch":
+            raise UserError(f"sbatch could not be run for the {preset} array of {len(cells)} cells: "
+                            f"{one_line(exc)}") from None
+        done = f" ({before} cells were submitted before it)" if before else ""
+        raise UserError(f"cannot write the job files of the {preset} array of {len(cells)} cells in {folder} "
+                        f"({exc.strerror or one_line(exc)}: {exc.filename}); nothing of it was submitted{done}") \
+            from None
+    except Exception as exc:
+        done = f" ({before} cells were submitted before it)" if before else ""
+        raise UserError(f"sbatch refused the {preset} array of {len(cells)} cells: {_sbatch_error(exc)}{done}") \
+            from None
+    p.sweep.remember(cells, [j.job_id for j in jobs], p.executor, folder)
+    return list(zip(cells, [j.job_id for j in jobs]))
 
 
 def _sbatch_error(exc: Exception) -> str:
@@ -566,7 +634,7 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
                     p.sweep.remember([cell], ["debug"], p.executor, Path("-"))
                     result = None
                     try:
-                        result = CellJob()(config)
+                        result = job_for(cell)(config)
                     except Interrupted:  # Ctrl-C: checkpointed and recorded; stop the launch, not just the cell
                         raise
                     except Exception:
@@ -577,7 +645,7 @@ def run_here(p: Plan, parallel: int, on_done=None) -> None:
                 if preset not in executors:
                     folder = p.log_folder(cell.value("runs_dir"))
                     executors[preset] = make_executor(p.executor, p.params[preset], folder, p.sweep.name)
-                job = executors[preset].submit(CellJob(), config)
+                job = executors[preset].submit(job_for(cell), config)
                 p.sweep.remember([cell], [job.job_id], p.executor, p.log_folder(cell.value("runs_dir")))
                 running.append((cell, job, time.perf_counter()))
                 bar.update(task, now=", ".join(c.label for c, _, _ in running))

@@ -191,6 +191,8 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("wait_for_lock", boolean(" (what a run does when another process is training it: false stops, true "
         "waits)"), "a second writer stops or waits", **NOT_IDENTITY),
     Key("recipe", mapping(), "a sweep's per-model lookup table; what it sets is in train.*", opaque=True, **NOT_IDENTITY),
+    Key("stages", mapping() | null(), "a sweep's second stage (fine-tunes of its cells; checked by "
+        "mixer_scaling.stages); null: none", opaque=True, **NOT_IDENTITY),
     Key("hydra", mapping(), "Hydra's own settings", opaque=True, **NOT_IDENTITY),
     # the fine-tune app (conf/finetune.yaml): its parent enters the identity by its run id (see .finetune)
     Key("parent", text(words="a run directory or a run id"), "the pre-training run fine-tuned"),
@@ -283,6 +285,20 @@ KEYS_LIST: tuple[Key, ...] = (
     Key("fewshot.root", PATH | null(), **NOT_IDENTITY),
     Key("fewshot.download", boolean(), **NOT_IDENTITY),
     # W&B: where a run is logged, never what it computes
+    # the user's cluster (cluster=<name>, mixer_scaling/userconf.py): where and on what a run runs, never what
+    # it computes. partition .. additional_parameters feed hydra.launcher (conf/hydra/launcher/slurm.yaml).
+    Key("cluster.name", text(), **NOT_IDENTITY),
+    Key("cluster.partition", text() | null(), "sbatch --partition", **NOT_IDENTITY),
+    Key("cluster.account", text() | null(), "sbatch --account", **NOT_IDENTITY),
+    Key("cluster.qos", text() | null(), "sbatch --qos", **NOT_IDENTITY),
+    Key("cluster.setup", listof(text(), "a list of shell lines", nonempty=False) | null(),
+        "lines run in the sbatch script before srun", **NOT_IDENTITY),
+    Key("cluster.additional_parameters", mapping(), "other sbatch options", opaque=True, **NOT_IDENTITY),
+    Key("cluster.gpu_type", text() | null(), "a label of the GPU", **NOT_IDENTITY),
+    Key("cluster.gpu_memory_gb", number(0, low_open=True) | null(), "one GPU's memory: the GPU presets' "
+        "resources.gpu_memory_gb", **NOT_IDENTITY),
+    Key("cluster.gpu_tflops", number(0, low_open=True) | null(), "one GPU's peak bf16 dense TFLOP/s: the cost "
+        "estimate", **NOT_IDENTITY),
     # a resources preset (conf/resources/): what the micro-batch planner fits a cell into
     Key("resources.gpu_memory_gb", number(0, low_open=True) | null(), "memory of one GPU of the preset (null: "
         "a CPU preset)", **NOT_IDENTITY),

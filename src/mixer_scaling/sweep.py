@@ -45,7 +45,7 @@ TO_SUBMIT = (NEW, INTERRUPTED, STALE, LOST, FAILED, DAMAGED, TO_SCORE)
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     """(run overrides, launcher overrides): ``hydra/launcher=``, ``hydra.launcher.*``, ``resources=`` and
     ``resources.*`` (e.g. a preset's ``resources.gpu_memory_gb``) choose how cells are dispatched, never what
-    they compute."""
+    they compute; ``cluster=``/``cluster.*`` (the user's cluster) go to both."""
     run, launcher = [], []
     for o in overrides:
         key = o.partition("=")[0].lstrip("+~")
@@ -56,6 +56,9 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
             launcher.append(o)
         elif key == "resources" or key.startswith("resources."):
             launcher.append(o)
+        elif key == "cluster" or key.startswith("cluster."):
+            run.append(o)       # the cells record the cluster they run on (not identity)
+            launcher.append(o)  # its partition, account, setup and GPU memory fill every preset
         else:
             run.append(o)
     return run, launcher
@@ -118,6 +121,7 @@ class Sweep:
     name: str
     cells: list[Cell]
     launcher_overrides: list[str]
+    stage: object = None  # the second stage (:class:`~.stages.Stage`) when the sweep declares ``stages``
 
     @property
     def runs_dirs(self) -> list[Path]:
@@ -164,7 +168,8 @@ def known_sweeps() -> list[str]:
 
 
 def load(name: str, overrides: Sequence[str] = (), progress: bool = True) -> Sweep:
-    """Expand, compose and validate every cell of sweep ``name`` (ConfigError on any bad cell)."""
+    """Expand, compose and validate every cell of sweep ``name`` (ConfigError on any bad cell), and of its
+    second stage when it declares one (:mod:`.stages`)."""
     if name not in known_sweeps():
         raise ConfigError(f"sweep {name!r} is not a known sweep; choose one of: {', '.join(known_sweeps())} "
                           f"(conf/sweep/<name>.yaml)")
@@ -187,7 +192,11 @@ def load(name: str, overrides: Sequence[str] = (), progress: bool = True) -> Swe
             continue
         seen[run_id] = True
         cells.append(Cell(list(ov), cfg, run_id, axes, resolved))
-    return Sweep(name, cells, launcher_overrides)
+    sweep = Sweep(name, cells, launcher_overrides)
+    from .stages import expand  # here: stages builds on this module
+
+    sweep.stage = expand(sweep, run_overrides)
+    return sweep
 
 
 def _swept_keys(cells: list[list[str]]) -> list[str]:

@@ -134,6 +134,11 @@ def paper_roots(tmp: Path) -> None:
             (tmp / root / split).mkdir(parents=True)
 
 
+def user_cluster(tmp: Path) -> None:
+    (tmp / "cfg" / "cluster").mkdir(parents=True)
+    (tmp / "cfg" / "cluster" / "mine.yaml").write_text("name: mine\npartition: gpu\n")
+
+
 def image_tree(tmp: Path) -> None:
     _tree(tmp / "data")
 
@@ -197,6 +202,7 @@ SHARDS = ("{not_data}", "data=shards", "data.image_size=32")
 TIMM = (*TRAIN, "model=timm")
 LAUNCH = ("sweep", "launch")
 DRY = ("--executor", "local", "--dry-run")
+STAGES = (*LAUNCH, "smoke_stages", "runs_dir={runs}")
 PARETO = (*LAUNCH, "pareto", "runs_dir={runs}", "data.root={tmp}/jft", "fewshot.root={tmp}/imagenet")
 
 CASES = [
@@ -409,6 +415,29 @@ CASES = [
          ("resources.gpu_memory_gb=-1", "> 0 or null"), setup=paper_roots),
     Case("launcher-memory-text", "launcher", "cli", (*PARETO, "resources.gpu_memory_gb=lots", *DRY),
          ("resources.gpu_memory_gb='lots'", "> 0 or null"), setup=paper_roots),
+    # --- studies in stages (a sweep's fine-tuning stage) ----------------------------------------------
+    Case("sweep-stage-unknown-parent-key", "sweep", "cli", (*STAGES, "+stages.finetune.parents.nope=1", *DRY),
+         ("stages.finetune.parents.nope", "not a key of the first stage's cells", "data.fraction")),
+    Case("sweep-stage-no-grid", "sweep", "cli", (*STAGES, "~stages.finetune.grid", *DRY),
+         ("stages.finetune.grid=null", "non-empty mapping")),
+    Case("sweep-stage-empty-grid-list", "sweep", "cli", (*STAGES, "stages.finetune.grid={{train.lr:[]}}", *DRY),
+         ("stages.finetune.grid.train.lr=[]", "non-empty list")),
+    Case("sweep-stage-mixer-resolution", "sweep", "cli", (*STAGES, "+stages.finetune.grid.image_size=[40]", *DRY),
+         ("image_size=40", "K times the pre-training size 32", "integer K")),
+    Case("sweep-stage-unknown-stage", "sweep", "cli", (*STAGES, "+stages.extra={{}}", *DRY),
+         ("stages.extra is not a stage", "finetune")),
+    Case("sweep-stage-other-model", "sweep", "cli", (*STAGES, "stages.finetune.overrides=['model=vit/micro']", *DRY),
+         ("model=vit/micro", "not the parent's model mixer/micro", "keeps its parent's architecture")),
+    # --- the user's cluster config and mixer-scaling init -------------------------------------------
+    Case("config-cluster-unknown", "config", "train", (*TRAIN, "cluster=nope"),
+         ("cluster='nope' is not a known cluster config", "mixer-scaling init --cluster nope")),
+    Case("config-cluster-null", "config", "train", (*TRAIN, "cluster=null"), ("cluster=null", "~cluster")),
+    Case("cli-init-exists", "cli", "cli", ("init", "--cluster", "mine", "--dir", "{tmp}/cfg"),
+         ("cluster/mine.yaml exists", "not overwritten"), setup=user_cluster),
+    Case("cli-init-bad-name", "cli", "cli", ("init", "--cluster", "a b", "--dir", "{tmp}/cfg"),
+         ("--cluster='a b'", "letters, digits")),
+    Case("cli-init-dir-is-file", "cli", "cli", ("init", "--dir", "{tmp}/results.csv"),
+         ("--dir", "results.csv", "not a folder")),
     # --- sharded data (mixer-scaling data pack, data=shards) ------------------------------------------
     Case("data-shards-truncated", "data", "train", (*SHARDS, "data.root={data}"),
          ("train-000001.tar", "index.json says", "truncated"), setup=shards_truncated),

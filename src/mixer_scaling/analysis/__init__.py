@@ -13,9 +13,16 @@
 * :mod:`.dashboard`: one self-contained interactive ``dashboard.html`` (Plotly) per study.
 * :mod:`.cli`: the ``collect`` and ``figures`` subcommands.
 
-Importing this package does not import matplotlib; :mod:`.figures` does (with the Agg backend).
+Importing this package imports neither pandas nor matplotlib (every ``mixer-scaling`` command builds its
+parser from :mod:`.cli`); the names below load :mod:`.results` when first used.
 """
 
-from .results import Summary, collect, collect_wandb, read_table, write_table
-
 __all__ = ["Summary", "collect", "collect_wandb", "read_table", "write_table"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import results
+
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,11 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from ..errors import UserError
 from ..paths import TABLE_SUFFIXES, check_file, check_folder
-from .results import Summary, clean_table, collect, collect_wandb, conform, read_table, write_table
 
 PAPER = "paper"
 
@@ -44,7 +41,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     line each (:func:`.results.clean_table`). ``-o`` (and ``--csv``) are checked before anything is read:
     ``-o`` ends in ``.parquet`` or ``.csv`` (the format written), ``--csv`` in ``.csv``, and both can be
     written (:mod:`mixer_scaling.paths`). Exit 0 when at least one record was collected.
+
+    Fine-tunes under the runs directories (a staged sweep's second stage, ``mixer-scaling finetune``) are
+    joined to their parents (:func:`.results.collect_finetunes`) into a second table beside the first,
+    ``<name>_finetuned.<ext>`` (:func:`finetuned_path`), which ``figures`` reads with it.
     """
+    import pandas as pd
+    from .results import Summary, clean_table, collect, collect_finetunes, collect_wandb, conform, write_table
+
     if not args.runs_dirs and not args.wandb:
         raise UserError("collect needs a runs directory or --wandb ENTITY/PROJECT")
     if args.group and not args.wandb:
@@ -74,12 +78,39 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     for path in write_table(df, args.output, args.csv):
         lines.append(f"wrote {path} ({len(df)} rows, {len(df.columns)} columns)")
+    ft = collect_finetunes(args.runs_dirs) if args.runs_dirs else pd.DataFrame()
+    if not ft.empty:
+        csv = finetuned_path(args.csv) if args.csv else None
+        for path in write_table(ft, finetuned_path(args.output), csv):
+            lines.append(f"wrote {path} ({len(ft)} fine-tunes joined to their parents)")
     print("\n".join(lines))
     return 0
 
 
+def finetuned_path(table: str | Path) -> Path:
+    """Where the fine-tuned table of a results table is written: ``results.parquet`` →
+    ``results_finetuned.parquet``."""
+    table = Path(table)
+    return table.with_name(f"{table.stem}_finetuned{table.suffix}")
+
+
+def load_finetunes(source: str) -> pd.DataFrame | None:
+    """The fine-tuned table that goes with ``source``: collected from a runs directory, or read from beside
+    a results table (:func:`finetuned_path`); None when there is none."""
+    from .results import clean_table, collect_finetunes, read_table
+
+    path = Path(source)
+    if path.is_dir():
+        ft = collect_finetunes([path])
+        return ft if not ft.empty else None
+    beside = finetuned_path(path)
+    return clean_table(read_table(beside))[0] if beside.is_file() else None
+
+
 def load_source(source: str) -> tuple[pd.DataFrame, Summary]:
     """A results table from a parquet/CSV file or a runs directory, and its status counts."""
+    from .results import Summary, clean_table, collect, read_table
+
     path = Path(source)
     try:
         is_dir, exists = path.is_dir(), path.exists()
@@ -127,7 +158,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
         out = figures.render(df, args.output, metric=args.metric, k=args.k, dataset=args.dataset,
                              compute=args.compute or "flops", overlay_paper=args.overlay_paper,
-                             summary=summary, best_over=args.best_over or (), select=args.select, **common)
+                             summary=summary, best_over=args.best_over or (), select=args.select,
+                             finetunes=load_finetunes(args.source), **common)
         if "permutation" in df.columns and df.loc[df.status == "done", "permutation"].nunique() > 1:
             from .permutation import render_permutation  # Fig. 4, when the runs vary data.permutation
 

@@ -64,7 +64,7 @@ from .dashboard import DASHBOARD_FILE, write_dashboard  # noqa: E402
 from .findings import Findings, study_findings  # noqa: E402
 from .fits import PowerLawFit, fit_power_law, fits_table, loglog_slope  # noqa: E402
 from .results import (  # noqa: E402
-    REQUIRED_COLUMNS, Summary, accuracy_columns, clean_table, config_columns, done_runs, fewshot_column,
+    FINETUNE_PREFIX, REQUIRED_COLUMNS, Summary, accuracy_columns, clean_table, config_columns, done_runs, fewshot_column,
     fewshot_columns, fewshot_datasets, parse_fewshot_column,
 )
 
@@ -610,6 +610,36 @@ def _pareto_pair(done: pd.DataFrame, metric: Metric, compute: str, n_boot: int, 
     return (pc, pc_runs, xlabel, fit), (pt, throughput_label), sel, hints
 
 
+def finetune_grid_keys(ft: pd.DataFrame) -> list[str]:
+    """The fine-tuning grid of a fine-tuned table: the ``finetune.*`` columns whose value differs between
+    the fine-tunes of one parent (``finetune.train.lr``, ``finetune.image_size``)."""
+    keys = [c for c in ft.columns if isinstance(c, str) and c.startswith(FINETUNE_PREFIX)]
+    if ft.empty or "parent_run_id" not in ft.columns:
+        return []
+    text = ft[keys].astype("string").fillna("<NA>")
+    return [k for k in keys if (text[k].groupby(ft["parent_run_id"]).nunique() > 1).any()]
+
+
+def finetuned_points(ft: pd.DataFrame, compute: str = "flops", *, best_over=(), select: str | None = None,
+                     level: float = 0.95) -> tuple[pd.DataFrame, Selection]:
+    """The points of the fine-tuned Pareto figure (paper Fig. 2 left): per pre-training configuration, the
+    fine-tuned ``val_top1`` (downstream report half) of the fine-tuning setting that is best on
+    ``select_top1`` (the selection half) — the grid keys (:func:`finetune_grid_keys`) and any ``best_over``
+    key chosen together, as ``--best-over`` does for pre-training — against the parent's pre-training
+    compute; seeds of the parents averaged. Besides the columns of :func:`pareto_points`, ``parent_run_ids``
+    and ``finetune_run_ids`` name the runs behind each point and ``chosen.finetune.*`` the setting."""
+    col = COMPUTE_AXES[compute][0]
+    done = ft[ft["status"] == "done"] if "status" in ft.columns else ft
+    _require(done, col, f"compute={compute}", "choose another --compute")
+    keys = tuple(dict.fromkeys([*finetune_grid_keys(done), *(k for k in best_over if k in done.columns)]))
+    pts, runs, sel, _ = _pareto(done, col, "val_top1", "lower", best_over=keys, select=select, level=level)
+    if not pts.empty:
+        names = runs.groupby("config_id").agg(parent_run_ids=("parent_run_id", lambda v: ",".join(sorted(set(v)))),
+                                              finetune_run_ids=("run_id", lambda v: ",".join(sorted(set(v)))))
+        pts = pts.join(names, on="config_id")
+    return pts, sel
+
+
 def _titled(title: str, sel: Selection) -> str:
     return f"{title}\n{sel.note}"
 
@@ -673,9 +703,13 @@ def study(df: pd.DataFrame, *, metric: str | None = None, k: int | None = None, 
 def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None = None, k: int | None = None,
            dataset: str | None = None, compute: str = "flops", overlay_paper: bool = False,
            summary: Summary | None = None, n_boot: int = 200, seed: int = 0, best_over=(),
-           select: str | None = None, level: float = 0.95) -> Rendered:
+           select: str | None = None, level: float = 0.95, finetunes: pd.DataFrame | None = None) -> Rendered:
     """Figures 1–3 (and the paper overlays), ``fits.csv``, the findings (``findings.md``,
     ``findings.json``) and ``dashboard.html`` (figure kind 4) from a results table into ``out_dir``.
+
+    ``finetunes`` (:func:`~.results.collect_finetunes`) with finished rows adds ``pareto_finetuned``: accuracy
+    after fine-tuning against the parent's pre-training compute (:func:`finetuned_points`), as the paper's
+    Fig. 2 left.
 
     ``metric`` applies to every figure; by default the Pareto figures use ``val_top1`` and the
     data-scaling figure ``fewshot`` (k=5 on the first few-shot set; ``val_top1`` when the table
@@ -698,6 +732,9 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         (ppc, _, pxlabel, pfit), (ppt, ptlabel), _, _ = _pareto_pair(
             paper, pm, "core_days", n_boot, seed, throughput_label="inference throughput (img/s/core)")
 
+    ft_pts = None
+    if finetunes is not None and not finetunes.empty and (finetunes["status"] == "done").any():
+        ft_pts, ft_sel = finetuned_points(finetunes, compute, best_over=best_over, select=select, level=level)
     df = clean_table(df)[0]  # as study() counted it
     n_skipped = len(df) - len(done)
     note = f" ({len(done)} finished runs" + (f"; {n_skipped} not finished, left out)" if n_skipped else ")")
@@ -711,6 +748,13 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
         draw_pareto(ax, pt, tlabel, pareto_metric.label, "higher", _titled("accuracy vs throughput" + note, psel))
         _save(fig, tmp, "pareto_throughput", pt, files)
+        if ft_pts is not None and not ft_pts.empty:
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
+            draw_pareto(ax, ft_pts, f"parent's {xlabel}", "top-1 after fine-tuning (%)", "lower",
+                        _titled(f"fine-tuned accuracy vs pre-training compute ({int(ft_pts['n_seeds'].sum())} "
+                                "parents)", ft_sel))
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: a few points, none hidden
+            _save(fig, tmp, "pareto_finetuned", ft_pts, files)
         fig, ax = plt.subplots(figsize=(6.4, 4.8))
         draw_data_scaling(ax, agg, x_label, scaling_metric.label, fits)
         ax.set_title(_titled("data scaling" + note, ssel) + "; bands: range over seeds", fontsize=10)
@@ -748,6 +792,9 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
     ]
     if cfit is not None:
         lines.append(f"compute frontier fit: err = a·C^(-b) + c, b={cfit.b:.3f}, c={cfit.c:.3f}")
+    if ft_pts is not None and not ft_pts.empty:
+        lines.append(_frontier_line(ft_pts, f"fine-tuned frontier (val_top1 after fine-tuning vs the parent's "
+                                            f"{compute}; {ft_sel.note})"))
     lines += st.hints
     lines += found.short()
     return Rendered(Path(out_dir), [Path(out_dir) / f for f in files], lines, table, found)
@@ -796,4 +843,4 @@ def render_paper(out_dir: str | os.PathLike, *, metric: str | None = None, compu
 
 
 __all__ = ["COMPUTE_AXES", "DATA_SIZE_KEYS", "FAMILIES", "METRICS", "Rendered", "data_scaling_points", "family_styles",
-           "pareto_mask", "pareto_points", "render", "render_paper", "resolve_metric", "staging", "Study", "study"]
+           "finetuned_points", "pareto_mask", "pareto_points", "render", "render_paper", "resolve_metric", "staging", "Study", "study"]

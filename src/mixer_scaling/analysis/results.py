@@ -430,6 +430,65 @@ def collect(roots: str | os.PathLike | Iterable[str | os.PathLike], *,
                           kind="stable").reset_index(drop=True), summary
 
 
+#: A fine-tune's own config columns are ``finetune.<key>`` (``finetune.train.lr``, ``finetune.image_size``).
+FINETUNE_PREFIX = "finetune."
+#: Columns a fine-tune row takes from its own record; everything else is its parent's.
+_FINETUNE_OWN = ("run_id", "status", "run_dir", "val_top1", "select_top1", "best_step", "throughput", "precision")
+
+
+def finetune_row(rec: Mapping[str, Any], run_dir: str | os.PathLike, parent: Mapping[str, Any],
+                 parent_dir: str | os.PathLike) -> dict[str, Any]:
+    """One row of the fine-tuned table: the parent's row (family, model, fraction, seed, ``pretrain_flops``
+    and its config columns: what the fine-tune is placed at, as in the paper's Fig. 2 left), with the
+    fine-tune's own run id, status, downstream ``val_top1``/``select_top1`` (report and selection halves of
+    the downstream validation split) and throughput, its config as ``finetune.*`` columns (less ``parent``
+    and the model, which are the parent's) and ``parent_run_id``/``parent_run_dir``."""
+    row = {k: v for k, v in row_from_record(parent, parent_dir).items() if not k.startswith(FEWSHOT_PREFIX)}
+    own = row_from_record(rec, run_dir)
+    for key in _FINETUNE_OWN:
+        row[key] = own.get(key)
+    row["parent_run_id"] = str(rec.get("parent_run_id"))
+    row["parent_run_dir"] = str(parent_dir)
+    flat: dict[str, Any] = {}
+    _flatten(identity(_mapping(rec.get("config"))), "", flat)
+    for key, value in flat.items():
+        if key == "parent" or key.startswith("model."):
+            continue
+        row[FINETUNE_PREFIX + key] = _config_text(value) if isinstance(value, (list, tuple, dict)) else value
+    return row
+
+
+def collect_finetunes(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The fine-tunes under ``roots``, each joined to its parent (:func:`finetune_row`): the parent's record
+    is read from ``parent_run_dir``, else found under ``roots`` by run id. A fine-tune whose parent is in
+    neither place, or whose record is unusable, is left out. An empty table when there are none."""
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    loaded = [(path, _load(path)[0]) for path in find_records(list(roots))]
+    by_id = {str(rec.get("run_id") or path.parent.name): (path.parent, rec) for path, rec in loaded
+             if rec is not None and not rec.get("parent_run_id")}
+    rows = []
+    for path, rec in loaded:
+        if rec is None or not rec.get("parent_run_id"):
+            continue
+        parent_id = str(rec["parent_run_id"])
+        found = by_id.get(parent_id)
+        if found is None and rec.get("parent_run_dir"):
+            parent_dir = Path(str(rec["parent_run_dir"]))
+            parent = _load(parent_dir / RESULT_FILE)[0] if (parent_dir / RESULT_FILE).exists() else None
+            found = (parent_dir, parent) if parent is not None else None
+        if found is None:
+            log.warning("fine-tune %s: its parent %s is not under %s nor at its parent_run_dir; left out",
+                        path.parent, parent_id, ", ".join(map(str, roots)))
+            continue
+        rows.append(finetune_row(rec, path.parent, found[1], found[0]))
+    if not rows:
+        return pd.DataFrame()
+    df = clean_table(to_frame(rows))[0]
+    return df.sort_values(["family", "model", "fraction", "seed", "parent_run_id", "run_id"], na_position="last",
+                          kind="stable").reset_index(drop=True)
+
+
 #: Status order when one run id has several rows: the most finished row is kept.
 _STATUS_RANK = {DONE: 0, INTERRUPTED: 1, RUNNING: 2, FAILED: 3}
 ACCURACY_COLUMNS = ("val_top1", "select_top1", "real_top1", "avg5", "vtab1k")

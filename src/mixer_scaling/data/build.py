@@ -19,21 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from torch.utils.data._utils.collate import default_collate
 
 from ..errors import ConfigError, DataError
+from .common import HELDOUT_RESERVE, MAX_SYNTHETIC_CLASSES, check_subset, passthrough, plain, subset_size  # noqa: F401
 from .permute import check_permutation_cfg, from_data_cfg, permuted
-from .synthetic import NUM_COMBOS, SyntheticImages
+from .synthetic import SyntheticImages
+
+collate = passthrough
+_check_subset = check_subset  # the name shards and older callers use
 
 NAMES = ("synthetic", "imagefolder", "cifar10", "cifar100", "shards")
 #: Class ids of the embedded data kept free for held-out few-shot classes.
-HELDOUT_RESERVE = 20
-MAX_SYNTHETIC_CLASSES = NUM_COMBOS - HELDOUT_RESERVE
 _UNSET = (None, "", "???")
 
 
@@ -72,38 +73,6 @@ def split_validation(val: Dataset, seed: int) -> tuple[Dataset, Dataset]:
     return Subset(val, sorted(order[: n // 2])), Subset(val, sorted(order[n // 2:]))
 
 
-def passthrough(batch):
-    """Collate for every set here: a whole ``(x, y)`` batch from ``__getitems__`` (the embedded and
-    digits sets) passes through; a list of ``(x, y)`` samples (folder sets) is stacked as usual."""
-    if (
-        isinstance(batch, tuple)
-        and len(batch) == 2
-        and torch.is_tensor(batch[0])
-        and batch[0].dim() == 4
-        and torch.is_tensor(batch[1])
-        and batch[1].dim() == 1
-    ):
-        return batch
-    return default_collate(batch)
-
-
-collate = passthrough
-
-
-def plain(cfg: Mapping | None) -> dict[str, Any]:
-    """A resolved plain dict of a (DictConfig) group; ``???`` (unset) values stay as ``"???"``."""
-    if cfg is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(cfg)
-
-
 def check_randaugment(v, prefix: str = "data") -> str | None:
     """``None`` or a timm RandAugment string such as ``rand-m10-n2`` (parsed by timm to check it)."""
     if v in (None, "", False):
@@ -121,18 +90,6 @@ def check_randaugment(v, prefix: str = "data") -> str | None:
             f"{prefix}.randaugment={v!r} is not allowed; expected null or a timm RandAugment string like rand-m10-n2"
         )
     return v
-
-
-def subset_size(full: int, fraction: float) -> int:
-    """round(f * N): the size of the data.fraction subset of N training examples."""
-    return int(round(full * fraction))
-
-
-def _check_subset(full: int, fraction: float, what: str) -> int:
-    n = subset_size(full, fraction)
-    if n < 1:
-        raise ConfigError(f"data.fraction={fraction} of {what}={full} selects no image; need round(fraction * {full}) >= 1")
-    return n
 
 
 REQUIRED = ("name", "fraction", "image_size")
@@ -156,7 +113,7 @@ def validate_data_cfg(cfg: Mapping) -> None:
     check_permutation_cfg(cfg, cfg["image_size"])
     check_randaugment(cfg.get("randaugment"))
     if name == "synthetic":
-        _check_subset(cfg.get("size", 1), cfg["fraction"], "data.size")
+        check_subset(cfg.get("size", 1), cfg["fraction"], "data.size")
         return
     for key in ("train_dir", "val_dir"):
         v = cfg.get(key)
@@ -200,7 +157,7 @@ def nested_subset(ds: Dataset, fraction: float, seed: int) -> Dataset:
     """The first round(f * N) examples of a fixed permutation seeded by ``data.seed`` (the data set's,
     not the run's), so every smaller fraction is inside every larger one, like the paper's JFT subsets.
     Returns ``ds`` itself at fraction 1, else an :class:`IndexSubset` (``.indices`` an int64 array)."""
-    n = _check_subset(len(ds), fraction, "the training images")
+    n = check_subset(len(ds), fraction, "the training images")
     if n == len(ds):
         return ds
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(int(seed)))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .build import MAX_SYNTHETIC_CLASSES, passthrough, plain
+from .common import MAX_SYNTHETIC_CLASSES, dataset_labels, passthrough, plain  # noqa: F401 (dataset_labels: re-export)
 from .permute import from_data_cfg, permuted
 from .synthetic import SyntheticImages
 
@@ -84,16 +84,34 @@ class DigitsImages(Dataset):
         return x[0], int(y[0])
 
 
-def digits(image_size: int) -> FewshotSet:
-    from sklearn.datasets import load_digits
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images ``(1797, 8, 8)``, labels) of scikit-learn's digits: the values ``load_digits()`` gives, read
+    from the CSV file scikit-learn ships, as it reads it, without importing scikit-learn (~1 s at every
+    run's start). Falls back to ``load_digits()`` where that file is not at its usual place."""
+    import gzip
+    import importlib.util
 
-    d = load_digits()
-    y = d.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(roots[0], "datasets", "data", "digits.csv.gz") if roots else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+def digits(image_size: int) -> FewshotSet:
+    images, target = digits_arrays()
+    y = target.astype(np.int64)
     # A fixed stratified split: the first 100 images of each class in a seeded order form the pool.
     order = np.random.default_rng(0).permutation(len(y))
     pool = np.sort(np.concatenate([order[y[order] == c][:DIGITS_POOL_PER_CLASS] for c in range(10)]))
     test = np.setdiff1d(np.arange(len(y)), pool)
-    return FewshotSet(DigitsImages(d.images[pool], y[pool], image_size), DigitsImages(d.images[test], y[test], image_size), 10)
+    return FewshotSet(DigitsImages(images[pool], y[pool], image_size), DigitsImages(images[test], y[test], image_size), 10)
 
 
 def synthetic_heldout(image_size: int, data_cfg: Mapping | None = None) -> FewshotSet:
@@ -110,17 +128,6 @@ def synthetic_heldout(image_size: int, data_cfg: Mapping | None = None) -> Fewsh
     train = SyntheticImages(HELDOUT_CLASSES * HELDOUT_POOL_PER_CLASS, split="fewshot_train", **common)
     test = SyntheticImages(HELDOUT_CLASSES * HELDOUT_TEST_PER_CLASS, split="fewshot_test", **common)
     return FewshotSet(train, test, HELDOUT_CLASSES)
-
-
-def dataset_labels(ds: Dataset) -> np.ndarray:
-    """All labels of a set without loading its images."""
-    if hasattr(ds, "labels") and callable(ds.labels):
-        return np.asarray(ds.labels())
-    if isinstance(ds, torch.utils.data.Subset):
-        return dataset_labels(ds.dataset)[np.asarray(ds.indices)]
-    if hasattr(ds, "targets"):
-        return np.asarray(ds.targets)
-    return np.asarray([int(ds[i][1]) for i in range(len(ds))])
 
 
 def _check_fewshot_cfg(fcfg: Mapping) -> tuple[list[str], list[int]]:

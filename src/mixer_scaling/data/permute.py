@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .common import dataset_labels, plain
 
 __all__ = [
     "KINDS",
@@ -110,8 +111,6 @@ class PermutedDataset(Dataset):
         return [(apply_permutation(x, self.index), y) for x, y in batch]
 
     def labels(self, *args):
-        from .fewshot_sets import dataset_labels
-
         if args:
             return self.dataset.labels(*args)
         return dataset_labels(self.dataset)
@@ -159,7 +158,6 @@ def _model_patch_of_root(cfg: Any) -> int | None:
 def from_data_cfg(cfg: Mapping, image_size: int | None = None, model_patch: int | None = None) -> torch.Tensor | None:
     """The index permutation the data group asks for at ``image_size`` (default ``data.image_size``),
     or None when ``data.permutation`` is null."""
-    from .build import plain
 
     node = cfg
     cfg = plain(cfg)

@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError, one_line
+from .common import check_subset
 
 INDEX_FILE = "index.json"
 FORMAT = "mixer-scaling-shards/1"
@@ -442,7 +443,6 @@ class ShardTrainSet(Dataset):
 
 def shard_sets(cfg: Mapping, image_size: int, fraction: float, seed: int) -> tuple[ShardTrainSet, ShardSplit, int]:
     """``(train subset, val set, full train size)`` of ``cfg['root']`` (a ``data`` group, plain)."""
-    from .build import _check_subset
     from .folders import transform
 
     root = Path(str(cfg["root"]))
@@ -450,7 +450,7 @@ def shard_sets(cfg: Mapping, image_size: int, fraction: float, seed: int) -> tup
     classes = [str(c) for c in index["classes"]]
     train_reader, val_reader = ShardReader(root, "train", index), ShardReader(root, "val", index)
     full = len(train_reader)
-    n = _check_subset(full, fraction, "the training images")
+    n = check_subset(full, fraction, "the training images")
     flip = bool(cfg.get("flip", True))
     crop_scale = cfg.get("crop_scale") or (0.08, 1.0)
     crop_pct = float(cfg.get("crop_pct", 0.875))
