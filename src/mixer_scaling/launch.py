@@ -235,14 +235,9 @@ def make_executor(executor: str, params: dict, folder: Path, name: str) -> submi
 
 def sbatch_script(ex: submitit.AutoExecutor, array_size: int) -> str:
     """The sbatch file submitit would write for an array of ``array_size`` cells (nothing is written)."""
-    inner = ex._executor  # the SlurmExecutor behind the AutoExecutor
-    saved = dict(inner.parameters)
-    if array_size > 1:
-        inner.parameters["map_count"] = array_size
-    try:
-        return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")
-    finally:
-        inner.parameters = saved
+    from .submitit_adapter import sbatch_script as render
+
+    return render(ex, array_size)
 
 
 def slurm_max_array_size() -> int:

@@ -142,7 +142,7 @@ def _model_patch_of_root(cfg: Any) -> int | None:
 
         if not isinstance(cfg, DictConfig):
             return None
-        name = OmegaConf.select(cfg._get_root(), "model.name", default=None)
+        name = OmegaConf.select(cfg, "..model.name", default=None)  # the run config around this data node
     except Exception:
         return None
     if not name:
