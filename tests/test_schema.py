@@ -47,6 +47,9 @@ def test_the_finetune_config_is_declared_too():
     ("data.nuisance=2", r"^data.nuisance=2 is not allowed; expected a number in \[0, 1\]"),
     ("device=gpu", r"^device='gpu' is not allowed; expected auto, cpu, cuda or cuda:N$"),
     ("fewshot.l2_reg=nan", r"^fewshot.l2_reg=nan is not allowed; expected a finite number > 0"),
+    ("train.compile=sometimes", r"^train.compile='sometimes' is not allowed; expected true or false$"),
+    ("train.tf32=1", r"^train.tf32=1 is not allowed; expected true or false$"),
+    ("train.channels_last=on", r"^train.channels_last='on' is not allowed; choose one of: auto, true, false$"),
 ])
 def test_a_value_outside_the_schema_is_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as info:
