@@ -107,7 +107,9 @@ def test_estimate_matches_a_real_peak(real_peaks, case):
     est = memory.estimate(name, size, 1000, b, precision="fp32")
     measured = real_peaks[case]
     assert est.activations > 0.15 * GB and est.phase == "backward"  # mostly activations, not the persistent parts
-    assert abs(est.total / measured - 1) < 0.15, (est, measured)
+    # The estimate counts tensors; resident memory also holds the Python heap, allocator caches and whole
+    # pages, so it reads somewhat low (0.85-0.97 seen here), never high.
+    assert 0.8 < est.total / measured < 1.05, (est, measured)
 
 
 def test_fake_cpu_forward_saves_what_fake_cuda_autocast_saves():
@@ -221,9 +223,13 @@ def test_every_paper_cell_gets_a_plan_that_fits_and_keeps_its_run_id(sweep, pape
     code, out, err = _dry_run(sweep, paper_roots, monkeypatch, capsys)
     assert code == 0, err
     p = made[0]
-    plans = re.findall(r"│ (\w{10}) │.*│ (\d+) x (\d+)( ckpt)? ([\d.]+)/80 GB", out)
-    assert len(plans) == len(p.sweep.cells) == len(p.todo)  # every cell has a plan
-    assert {run_id for run_id, *_ in plans} == {c.run_id for c in p.todo}
+    row = r"│ (\w{10}) │.*│ (\d+) x (\d+)( ckpt)? ([\d.]+)/80 GB"
+    first, _, second = out.partition("stage 2: ")  # pareto's fine-tuning stage follows its pre-training table
+    plans = re.findall(row, first)
+    assert len(plans) == len(p.sweep.cells)  # every pre-training cell has a plan
+    assert {run_id for run_id, *_ in plans} == {c.run_id for c in p.sweep.cells}
+    plans += re.findall(row, second)
+    assert len(plans) == sum(len(m.todo) for m in made)  # and every fine-tune (a plan of its own stage)
     for run_id, micro, accum, _, gb in plans:
         assert float(gb) <= memory.SAFETY * 80
     assert not (tmp_path / "runs").exists()

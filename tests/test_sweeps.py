@@ -210,17 +210,19 @@ def test_compose_many_gives_what_compose_gives(paper_roots, tmp_path):
     from mixer_scaling.config import compose, compose_many, grid
     from mixer_scaling.errors import ConfigError
 
-    grids = [grid(["+sweep=" + name, *(paper_roots if name in ("pareto", "data_scaling") else []), "seed=0,1"])
+    # the first cells of every sweep (its group choices and values; the rest of a grid repeats them)
+    grids = [grid(["+sweep=" + name, *(paper_roots if name in ("pareto", "data_scaling") else []), "seed=0,1"])[:8]
              for name in known_sweeps()]
     odd = [["+sweep=smoke", "model=vit/micro", "+extra.key=3", "train.lr=${train.weight_decay}"],
            ["data=cifar10", f"data.root={tmp_path}", "~train.mixup", "eval={batch_size: 7}", "seed=4"],
            ["data=imagefolder", "data.fraction=0.3", "study=x", "runs_dir=/tmp/r", "++progress=false"],
            ["model=mixer/tiny", "data.image_size=64", "train.batch_size=32", "hydra.launcher.partition=x"]]
     cells = [c for g in grids for c in g] + odd
-    assert len(cells) > 100
+    assert len(cells) > 50
     for cell, got in zip(cells, compose_many(cells), strict=True):
-        assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(compose(cell)), cell
-        assert OmegaConf.is_struct(got) == OmegaConf.is_struct(compose(cell))
+        want = compose(cell)
+        assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(want), cell
+        assert OmegaConf.is_struct(got) == OmegaConf.is_struct(want)
     for bad in (["train.nope=1"], ["model=mixer/x9"], ["seed=1,2"], ["data.fraction=[1"], ["+train.lr=1"],
                 ["~fewshot.root"]):
         with pytest.raises(ConfigError) as want:
@@ -402,7 +404,9 @@ def test_an_unreadable_queue_stops_a_relaunch(tmp_path, monkeypatch, capsys):
 
     smoke = load("smoke", [f"runs_dir={tmp_path}"], progress=False)
     Sweep("smoke", smoke.cells, []).remember(smoke.cells, ["42_0", "42_1"], "slurm", tmp_path / "logs")
-    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "no-such-slurm.conf"))  # squeue fails for real
+    conf = tmp_path.parent / "broken-slurm.conf"  # squeue fails for real, at once (a missing file it retries 60 s)
+    conf.write_text("ClusterName=broken\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
     before = sorted(tmp_path.rglob("*"))
     code = cli.main(["sweep", "launch", "smoke", f"runs_dir={tmp_path}", "--executor", "local"])
     err = capsys.readouterr().err.strip().splitlines()
