@@ -115,6 +115,7 @@ def _cancel(env: dict, array_ids: set[str], timeout: float = 60) -> None:
 def _mark_done(overrides: list[str]) -> int:
     """A valid ``done`` record for every cell of the grid (what finished jobs would leave behind)."""
     from mixer_scaling.records import DONE, MetricsLog, Record
+    from mixer_scaling.score import requested
     from mixer_scaling.sweep import load
 
     sweep = load("smoke", overrides, progress=False)
@@ -122,10 +123,12 @@ def _mark_done(overrides: list[str]) -> int:
         cell.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = cell.config
         steps = cfg["train"]["examples_seen"] // cfg["train"]["batch_size"]
+        evaluation = requested(cfg)  # scored as the config asks, or the relaunch would submit scoring jobs
+        fewshot = {name: {str(k): 0.1 for k in s["shots"]} for name, s in evaluation["fewshot"].items()}
         Record(cell.run_dir, {
             "run_id": cell.run_id, "run_dir": str(cell.run_dir), "study": cfg.get("study"), "config": cfg,
             "model": cfg["model"]["name"], "seed": cfg["seed"], "steps": steps, "attempts": 1,
-            "metrics": {"val_top1": 0.01},
+            "evaluation": evaluation, "metrics": {"val_top1": 0.01, "fewshot": fewshot},
         }).save(DONE)
         log = MetricsLog(cell.run_dir)  # as a finished run leaves it: one line per logging step
         for step in range(cfg["train"]["log_every"] or steps, steps + 1, cfg["train"]["log_every"] or steps):

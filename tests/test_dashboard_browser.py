@@ -1,6 +1,6 @@
 """The study dashboard (``dashboard.html``) in a real headless browser: Debian's chromium, driven by Selenium.
 
-A known results table (:func:`synthetic_records`, deterministic) is rendered; the page is opened from
+A known results table (:func:`synthetic_records`, deterministic) and fine-tunes of its parents are rendered; the page is opened from
 disk (``file://``) and read back through Plotly's own data on the page (``gd.data`` of each
 ``.js-plotly-plot``): no console errors, no network request, each view with the expected number of runs,
 the frontier drawn, a filter changing what is shown (plots and table), and a screenshot.
@@ -92,9 +92,29 @@ def browser(chromium, tmp_path):
         driver.quit()
 
 
-def _expected(table: pd.DataFrame) -> dict:
+def _finetunes(table: pd.DataFrame) -> pd.DataFrame:
+    """A fine-tuned table as :func:`collect_finetunes` shapes it (each row its parent's, with the fine-tune's
+    own run id, status and top-1, ``parent_run_id`` and ``finetune.*``): two learning rates for every
+    finished seed-0 parent, the second of the first parent failed (in no view)."""
+    parents = done_runs(clean_table(table)[0])
+    parents = parents[parents["seed"] == 0]
+    rows = []
+    for i, (_, parent) in enumerate(parents.iterrows()):
+        for j, lr in enumerate((0.003, 0.01)):
+            row = parent.to_dict()
+            row.update({"run_id": f"{parent['run_id']}-ft{j}", "parent_run_id": parent["run_id"],
+                        "finetune.train.lr": lr, "finetune.data.image_size": 64,
+                        "val_top1": min(1.0, parent["val_top1"] + 0.05 * (j + 1)),
+                        "select_top1": min(1.0, parent["val_top1"] + 0.04 * (j + 1)),
+                        "status": "failed" if (i, j) == (0, 1) else "done"})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _expected(table: pd.DataFrame, ft: pd.DataFrame) -> dict:
     """What each view should draw: finished runs with a finite positive x and a finite y."""
     done = done_runs(clean_table(table)[0])
+    ft_done = ft[ft["status"] == "done"]
 
     def count(x, y, where=slice(None)):
         d = done.loc[where]
@@ -103,9 +123,10 @@ def _expected(table: pd.DataFrame) -> dict:
 
     vit = done["family"] == "vit"
     views = [("pretrain_flops", "val_top1"), ("throughput", "val_top1"), ("train_size", "fewshot_digits_5")]
-    return {"all": [count(x, y) for x, y in views], "no_vit": [count(x, y, ~vit) for x, y in views],
+    return {"all": [count(x, y) for x, y in views] + [len(ft_done)],
+            "no_vit": [count(x, y, ~vit) for x, y in views] + [int((ft_done["family"] != "vit").sum())],
             "runs": len(table), "no_vit_runs": int((table["family"] != "vit").sum()),
-            "ids": set(done["run_id"])}
+            "ids": set(done["run_id"]), "ft_ids": set(ft_done["run_id"])}
 
 
 _COUNTS = """return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => {
@@ -122,23 +143,29 @@ def test_the_dashboard_works_offline_in_a_real_browser(browser, tmp_path):
 
     # 7 models × 4 fractions × 3 seeds, some failed (in the table, never drawn)
     table = to_frame([row_from_record(r) for r in synthetic_records(84, seed=3, statuses={"failed": 0.1})])
-    out = render(table, tmp_path / "figs", n_boot=10)
+    ft = _finetunes(table)
+    out = render(table, tmp_path / "figs", n_boot=10, finetunes=ft)
     page = out.dashboard
     assert page == tmp_path / "figs" / DASHBOARD_FILE and page.is_file()
     html = page.read_text()
     assert "<script src=" not in html and 'rel="stylesheet"' not in html  # everything inlined
-    want = _expected(table)
+    want = _expected(table, ft)
     assert 0 < want["no_vit"][0] < want["all"][0] and want["runs"] > len(want["ids"])
+    assert 0 < want["no_vit"][3] < want["all"][3] < len(ft)
 
     browser.get(page.as_uri())
     WebDriverWait(browser, 60).until(
-        lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot').length") == 3)
+        lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot').length") == 4)
     views = browser.execute_script(_COUNTS)
     assert [v["runs"] for v in views] == want["all"]
-    assert views[0]["frontier"] > 0 and views[1]["frontier"] > 0 and views[2]["mean"] > 0
-    for v in views:  # every point's hover names its run, model, fraction and seed
-        assert {t.split("<b>")[1].split("</b>")[0] for t in v["text"]} <= want["ids"]
+    assert views[0]["frontier"] > 0 and views[1]["frontier"] > 0 and views[2]["mean"] > 0 and views[3]["frontier"] > 0
+    for v, ids in zip(views, [want["ids"]] * 3 + [want["ft_ids"]]):  # each hover names its run, model, fraction, seed
+        assert {t.split("<b>")[1].split("</b>")[0] for t in v["text"]} <= ids
         assert all("model " in t and "fraction " in t and "seed " in t for t in v["text"])
+    # a fine-tune's hover names its parent and its setting of the grid (lr), not the constant resolution
+    assert all("parent <b>" in t and "train.lr " in t and "image_size" not in t for t in views[3]["text"])
+    fine = browser.execute_script("return document.querySelectorAll('.js-plotly-plot')[3].layout.xaxis.title.text")
+    assert fine.startswith("parent's ")
     assert browser.execute_script(_ROWS) == want["runs"]
     assert browser.execute_script("return document.querySelectorAll('.js-plotly-plot')[0].layout.xaxis.type") == "log"
 

@@ -8,6 +8,9 @@ needs no network and no server: plotly.js and the page's own script are inlined,
 2. accuracy against inference throughput (log x),
 3. data scaling: the data-scaling metric against pre-training set size (log x), one colour per model,
    each run a point and a line through the mean over seeds at each size,
+4. when the study has fine-tunes (a second stage): top-1 after fine-tuning against the parent's
+   pre-training compute (the paper's Fig. 2 left), one point per fine-tune (every setting of the grid;
+   the hover names its parent and setting), filtered by its parent's family, size and fraction,
 
 and the results table (every run, finished or not). Each point is one run: hovering shows its run id,
 model, fraction, seed and metrics. Check boxes filter by family, size and fraction; the plots, the
@@ -36,7 +39,7 @@ from matplotlib import colormaps, colors
 from plotly.offline import get_plotlyjs
 
 from ..records import write_temp
-from .results import fewshot_columns
+from .results import FINETUNE_PREFIX, fewshot_columns
 
 DASHBOARD_FILE = "dashboard.html"
 #: Results-table columns the page's table shows (then every few-shot column), in this order.
@@ -82,6 +85,9 @@ def _hover(row: pd.Series, metrics: list[tuple[str, str]]) -> str:
         v = _finite(row.get(col))
         if v is not None:
             lines.append(f"{label} {v:.4g}{unit}")
+    if _text(row.get("parent_run_id")):  # a fine-tune: its parent, and the setting of the grid it ran
+        lines.append(f"parent <b>{e(row.get('parent_run_id'))}</b>")
+        lines += [f"{html.escape(k[len(FINETUNE_PREFIX):])} {e(row.get(k))}" for k in row.get("_grid", ())]
     return "<br>".join(lines)
 
 
@@ -159,12 +165,14 @@ def _json(obj: Any) -> str:
     return text.replace("</", "<\\/")
 
 
-def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study") -> str:
+def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study",
+                   finetunes: pd.DataFrame | None = None) -> str:
     """The dashboard of study ``st`` (:func:`mixer_scaling.analysis.figures.study`) as one self-contained
     HTML page. ``table`` is the cleaned results table the study was computed from
     (:func:`~mixer_scaling.analysis.results.clean_table` of its input: ``st.done`` holds its finished rows,
-    by index); the page's table lists all its runs, the plots its finished ones."""
-    from .figures import COMPUTE_AXES
+    by index); the page's table lists all its runs, the plots its finished ones. ``finetunes``
+    (:func:`~mixer_scaling.analysis.results.collect_finetunes`): its finished rows make the fine-tuned view."""
+    from .figures import COMPUTE_AXES, finetune_grid_keys
 
     if not st.done.index.isin(table.index).all():
         raise ValueError("dashboard_html: table is not the cleaned table the study was computed from")
@@ -190,6 +198,20 @@ def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study") -> 
     ]
     runs = [{"family": _text(row.get("family")), "size": _text(row.get("size")),
              "fraction": _fraction_key(row.get("fraction"))} for _, row in table.iterrows()]
+    ft_done = (finetunes[finetunes["status"] == "done"] if finetunes is not None and "status" in finetunes.columns
+               else pd.DataFrame())
+    if not ft_done.empty:
+        # each fine-tune gets its own entry after the table's runs, with its parent's family, size and
+        # fraction, so the same check boxes filter it
+        grid = finetune_grid_keys(ft_done)
+        ft = ft_done.assign(_idx=range(len(runs), len(runs) + len(ft_done)), _grid=[grid] * len(ft_done))
+        ft["_hover"] = [_hover(r, [("val_top1", "top-1 after fine-tuning"), ("select_top1", "select top-1")])
+                        for _, r in ft.iterrows()]
+        runs += [{"family": _text(row.get("family")), "size": _text(row.get("size")),
+                  "fraction": _fraction_key(row.get("fraction"))} for _, row in ft.iterrows()]
+        views.append(("fine-tuned accuracy vs pre-training compute", _pareto_view(
+            _points(ft, compute_col, "val_top1"), "fine-tuned accuracy vs pre-training compute",
+            f"parent's {st.compute_label}", "top-1 after fine-tuning (%)", "lower")))
     options = {key: sorted({r[key] for r in runs}, key=lambda v: (_finite(v) is None, _finite(v) or 0, v))
                for key in FILTERS}
     filters = "".join(
@@ -205,14 +227,18 @@ def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study") -> 
         title=html.escape(title), plotly=get_plotlyjs(), figs=_json(figs), runs=_json(runs),
         filters=filters, views=divs, table=_table_html(table), n_runs=len(table), n_done=n_done,
         metric=html.escape(st.pareto_metric.column), scaling=html.escape(st.scaling_metric.column),
+        finetuned=(f" The fine-tuned view draws {len(ft_done)} finished fine-tunes at their parent's pre-training "
+                   "compute, every setting of the fine-tuning grid (the PNG figure keeps the setting best on "
+                   "<code>select_top1</code>).") if not ft_done.empty else "",
     )
 
 
-def write_dashboard(path: str | Path, st, table: pd.DataFrame, *, title: str = "Scaling study") -> Path:
+def write_dashboard(path: str | Path, st, table: pd.DataFrame, *, title: str = "Scaling study",
+                    finetunes: pd.DataFrame | None = None) -> Path:
     """Write :func:`dashboard_html` to ``path`` atomically (a fsynced temp file renamed over it), readable
     as any file this process creates (the umask's mode, not the temp file's private 0600)."""
     path = Path(path)
-    tmp = write_temp(path, dashboard_html(st, table, title=title).encode("utf-8"))
+    tmp = write_temp(path, dashboard_html(st, table, title=title, finetunes=finetunes).encode("utf-8"))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -244,7 +270,7 @@ div.table {{ overflow-x: auto; max-width: 100%; }}
 <h1>{title}</h1>
 <p>{n_runs} runs, {n_done} finished and drawn. Pareto views: <code>{metric}</code>; data scaling:
 <code>{scaling}</code>. One point per run (hover for its id, model, fraction, seed and metrics); the frontier
-is that of the runs shown, the data-scaling lines the mean over the seeds shown.</p>
+is that of the runs shown, the data-scaling lines the mean over the seeds shown.{finetuned}</p>
 <div class="filters">{filters}</div>
 <p id="shown"></p>
 <div class="views">{views}</div>
@@ -312,7 +338,7 @@ function apply() {{
     tr.style.display = on ? "" : "none";
     shown += on ? 1 : 0;
   }});
-  document.getElementById("shown").textContent = shown + " of " + RUNS.length + " runs shown";
+  document.getElementById("shown").textContent = shown + " of {n_runs} runs shown";
 }}
 
 document.querySelectorAll("fieldset.filter input").forEach(b => b.addEventListener("change", apply));

@@ -782,7 +782,7 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
         files.extend(found.write(tmp))
         studies = df["study"].dropna().unique() if "study" in df.columns else []
         write_dashboard(tmp / DASHBOARD_FILE, st, df, title=f"{studies[0] if len(studies) == 1 else 'Scaling study'}"
-                                                             ": architectures compared")
+                                                             ": architectures compared", finetunes=finetunes)
         files.append(DASHBOARD_FILE)
     lines += [
         f"points: Pareto ({pareto_metric.column}) {psel.note}; data scaling ({scaling_metric.column}) {ssel.note}",
