@@ -52,7 +52,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -449,12 +449,16 @@ def _frontier_fit(pts: pd.DataFrame, runs: pd.DataFrame, n_boot: int, seed: int)
 
 def _log_x(ax) -> None:
     """A log x axis whose labels never collide: minor ticks are labelled only when the axis spans less
-    than a decade (then there is at most one major tick to read it by)."""
+    than a decade (then there is at most one major tick to read it by), in short form (``1.4e+12``, not
+    matplotlib's ``1.4×10^12``, which overlap on a span of a fraction of a decade)."""
     ax.set_xscale("log")
     ax.autoscale_view()
     lo, hi = ax.get_xlim()
     if lo > 0 and hi / lo >= 10:
         ax.xaxis.set_minor_formatter(NullFormatter())
+    elif lo > 0:
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
 
 
 def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, title: str = "",
@@ -486,7 +490,8 @@ def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, 
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     place_labels(ax, front["x"].to_numpy(), 100 * front["y"].to_numpy(), front["label"].tolist())
-    ax.legend(fontsize=7, loc="lower right" if x_better == "lower" else "lower left")
+    corner = "lower right" if x_better == "lower" else "lower left"
+    ax.legend(fontsize=7, loc=corner if many else "best")  # "best" hides no point, but is slow on many
 
 
 def _frontier_line(pts: pd.DataFrame, what: str) -> str:
