@@ -39,6 +39,7 @@ them succeeded, so bad input (:class:`UserError`, one line) leaves no figure fil
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -448,17 +449,27 @@ def _frontier_fit(pts: pd.DataFrame, runs: pd.DataFrame, n_boot: int, seed: int)
 
 
 def _log_x(ax) -> None:
-    """A log x axis whose labels never collide: minor ticks are labelled only when the axis spans less
-    than a decade (then there is at most one major tick to read it by), in short form (``1.4e+12``, not
-    matplotlib's ``1.4×10^12``, which overlap on a span of a fraction of a decade)."""
+    """A log x axis readable at any span, with labels that never collide: with two or more powers of ten
+    in view only they are labelled; with fewer, the minor ticks too, in short form (``2e+13``, not
+    matplotlib's ``2×10^13``), only those at 2× and 5× a power of ten when the axis spans over half a decade."""
     ax.set_xscale("log")
     ax.autoscale_view()
     lo, hi = ax.get_xlim()
-    if lo > 0 and hi / lo >= 10:
+    if not 0 < lo < hi:
+        return
+    decades = math.log10(hi / lo)
+    if math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 >= 2:
         ax.xaxis.set_minor_formatter(NullFormatter())
-    elif lo > 0:
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+        return
+
+    def short(value: float, _pos=None) -> str:
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        if decades > 0.5 and not any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5)):
+            return ""
+        return f"{value:.2g}"
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(short))
+    ax.xaxis.set_major_formatter(FuncFormatter(short))
 
 
 def draw_pareto(ax, pts: pd.DataFrame, xlabel: str, ylabel: str, x_better: str, title: str = "",
