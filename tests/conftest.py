@@ -44,9 +44,13 @@ TINY = [
 def _no_inherited_wandb_service():
     """A W&B run made in this process exports WANDB_SERVICE (its service's socket) for child processes;
     after the test, drop it, so a later test's subprocess (an entry point, a SLURM job) starts its own
-    service as a user's would, instead of writing through this process's."""
+    service as a user's would, instead of writing through this process's. W&B's in-process state goes
+    too (``wandb.teardown``): it keeps the API key a test's run saw, and a later test's ``wandb.Api()``
+    would then try the network with it instead of failing at once for want of a key."""
     yield
     os.environ.pop("WANDB_SERVICE", None)
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 @pytest.fixture

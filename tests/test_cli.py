@@ -37,7 +37,10 @@ def test_models_table(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
-    """`mixer-scaling demo` on a two-cell slice of the demo grid: local executor, records, table, figures."""
+    """`mixer-scaling demo` on a two-cell slice of the demo grid: local executor, records, table, figures,
+    the fine-tuning stage, and the dashboard written beside the figures with its path printed."""
+    import os
+
     import pandas as pd
 
     args = ["-m", "mixer_scaling.cli", "demo", "model=mixer/micro", "data.fraction=0.3,1.0", "seed=0",
@@ -46,8 +49,15 @@ def test_demo_runs_its_sweep_here_then_draws_the_figures(tmp_path):
     proc = run_cli(args, cwd=tmp_path, env={"COLUMNS": "160"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 to run" in proc.stdout and "2/2 runs done" in proc.stdout
-    assert "2/2 fine-tunes" in proc.stdout  # the demo's second stage: the 100% seed-0 parent at two fine-tuning lrs
+    assert "4/4 fine-tunes" in proc.stdout  # the demo's second stage: the 100% seed-0 parent at four fine-tuning lrs
     figures = tmp_path / "figures" / "demo"
+    page = figures / "dashboard.html"
+    assert f"dashboard: {page}" in proc.stdout.splitlines()
+    assert page.stat().st_size > 1_000_000  # plotly.js is inside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert page.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like the figures, not a private temp file
+    assert not [p for p in figures.iterdir() if p.name.startswith(".")]  # no temp file left
     for stem in ("pareto_compute", "pareto_throughput", "data_scaling", "pareto_finetuned"):
         assert (figures / f"{stem}.png").stat().st_size > 0 and (figures / f"{stem}.csv").exists()
     assert "on the frontier" in proc.stdout and "data scaling" in proc.stdout

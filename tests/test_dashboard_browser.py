@@ -183,23 +183,3 @@ def test_the_dashboard_works_offline_in_a_real_browser(browser, tmp_path):
     assert [r for r in resources if not r.startswith(("data:", "blob:"))] == []
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
-
-
-
-def test_the_demo_prints_where_its_dashboard_is(tmp_path):
-    """`mixer-scaling demo` (what `make demo` runs) on a two-run slice: the dashboard is written beside the
-    figures and its path printed (no browser needed)."""
-    from conftest import run_cli
-
-    args = ["-m", "mixer_scaling.cli", "demo", "model=mixer/micro", "data.fraction=0.3,1.0", "seed=0",
-            "train.examples_seen=256", "data.val_size=128", "fewshot.shots=[1,5]", "wandb.mode=disabled",
-            f"runs_dir={tmp_path / 'runs'}"]
-    proc = run_cli(args, cwd=tmp_path, env={"COLUMNS": "160"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    page = tmp_path / "figures" / "demo" / DASHBOARD_FILE
-    assert f"dashboard: {page}" in proc.stdout.splitlines()
-    assert page.stat().st_size > 1_000_000  # plotly.js is inside it
-    umask = os.umask(0)
-    os.umask(umask)
-    assert page.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like the figures, not a private temp file
-    assert not [p for p in page.parent.iterdir() if p.name.startswith(".")]  # no temp file left
