@@ -242,6 +242,10 @@ def test_two_stage_study_on_slurm(idle_slurm_cluster, tmp_path, capsys, monkeypa
     chosen = ft[ft["finetune.train.lr"] == pts.loc[0, "chosen.finetune.train.lr"]].iloc[0]
     assert chosen["select_top1"] == ft["select_top1"].max()  # chosen on the selection half, reported on the other
     assert pts.loc[0, "y"] == pytest.approx(chosen["val_top1"]) and pts.loc[0, "finetune_run_ids"] == chosen["run_id"]
+    # the findings name who holds the fine-tuned frontier (the one family here), without a bootstrap (--boot 0)
+    frontier = json.loads((figs / "findings.json").read_text())["frontiers"]["fine-tuned compute"]
+    assert frontier["holders"] == ["mixer"] and frontier["families"]["mixer"]["labels"] == [pts.loc[0, "label"]]
+    assert "**fine-tuned compute**" in (figs / "findings.md").read_text()
 
 
 def test_requeued_parent_keeps_its_children_waiting(idle_slurm_cluster, tmp_path):

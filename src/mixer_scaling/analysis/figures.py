@@ -637,13 +637,15 @@ def finetune_grid_keys(ft: pd.DataFrame) -> list[str]:
 
 
 def finetuned_points(ft: pd.DataFrame, compute: str = "flops", *, best_over=(), select: str | None = None,
-                     level: float = 0.95) -> tuple[pd.DataFrame, Selection]:
+                     level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame, Selection]:
     """The points of the fine-tuned Pareto figure (paper Fig. 2 left): per pre-training configuration, the
     fine-tuned ``val_top1`` (downstream report half) of the fine-tuning setting that is best on
     ``select_top1`` (the selection half) — the grid keys (:func:`finetune_grid_keys`) and any ``best_over``
     key chosen together, as ``--best-over`` does for pre-training — against the parent's pre-training
     compute; seeds of the parents averaged. Besides the columns of :func:`pareto_points`, ``parent_run_ids``
-    and ``finetune_run_ids`` name the runs behind each point and ``chosen.finetune.*`` the setting."""
+    and ``finetune_run_ids`` name the runs behind each point and ``chosen.finetune.*`` the setting. Returns
+    the points, the fine-tunes behind them (``config_id``, ``_y``: what the findings' frontier bootstrap
+    resamples) and the selection."""
     col = COMPUTE_AXES[compute][0]
     done = ft[ft["status"] == "done"] if "status" in ft.columns else ft
     _require(done, col, f"compute={compute}", "choose another --compute")
@@ -653,7 +655,7 @@ def finetuned_points(ft: pd.DataFrame, compute: str = "flops", *, best_over=(), 
         names = runs.groupby("config_id").agg(parent_run_ids=("parent_run_id", lambda v: ",".join(sorted(set(v)))),
                                               finetune_run_ids=("run_id", lambda v: ",".join(sorted(set(v)))))
         pts = pts.join(names, on="config_id")
-    return pts, sel
+    return pts, runs, sel
 
 
 def _titled(title: str, sel: Selection) -> str:
@@ -750,7 +752,10 @@ def render(df: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str | None =
 
     ft_pts = None
     if finetunes is not None and not finetunes.empty and (finetunes["status"] == "done").any():
-        ft_pts, ft_sel = finetuned_points(finetunes, compute, best_over=best_over, select=select, level=level)
+        ft_pts, ft_runs, ft_sel = finetuned_points(finetunes, compute, best_over=best_over, select=select,
+                                                   level=level)
+        found.add_frontier("fine-tuned compute", ft_pts, ft_runs, "lower", n_boot, seed,
+                           "val_top1 after fine-tuning", f"parent's {COMPUTE_AXES[compute][0]}")
     df = clean_table(df)[0]  # as study() counted it
     n_skipped = len(df) - len(done)
     note = f" ({len(done)} finished runs" + (f"; {n_skipped} not finished, left out)" if n_skipped else ")")

@@ -295,6 +295,14 @@ class Findings:
 
     data: dict[str, Any] = field(default_factory=dict)
 
+    def add_frontier(self, name: str, pts: pd.DataFrame | None, runs: pd.DataFrame | None, x_better: str,
+                     n_boot: int, seed: int, metric: str, axis: str) -> None:
+        """Add one more frontier (e.g. fine-tuned accuracy against the parents' compute) to ``frontiers``:
+        who holds it, over which range, and how often under the bootstrap over seeds."""
+        entry = _frontier(pts, runs, x_better, n_boot, seed, metric, axis)
+        if entry is not None:
+            self.data["frontiers"][name] = entry
+
     def short(self) -> list[str]:
         """A few lines for the figures summary: the paper's findings and the family crossovers."""
         d = self.data
