@@ -25,9 +25,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..paths import TABLE_SUFFIXES, check_file, check_folder
+
+if TYPE_CHECKING:  # pandas is imported where a command needs it: the CLI parser starts without it
+    import pandas as pd
+
+    from .results import Summary
 
 PAPER = "paper"
 
