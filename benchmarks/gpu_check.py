@@ -40,7 +40,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, interleave, machine_info, matmul_fn, median, train_step_fn  # noqa: E402
+from common import RESULTS, interleave, machine_info, matmul_fn, median, train_step_fn  # noqa: E402
 
 import torch  # noqa: E402
 
