@@ -1,6 +1,7 @@
 """The study dashboard (``dashboard.html``) in a real headless browser: Debian's chromium, driven by Selenium.
 
-A known results table (:func:`synthetic_records`, deterministic) and fine-tunes of its parents are rendered; the page is opened from
+A known results table (:func:`synthetic_records`, deterministic) and fine-tunes of its parents are
+rendered; the page is opened from
 disk (``file://``) and read back through Plotly's own data on the page (``gd.data`` of each
 ``.js-plotly-plot``): no console errors, no network request, each view with the expected number of runs,
 the frontier drawn, a filter changing what is shown (plots and table), and a screenshot.

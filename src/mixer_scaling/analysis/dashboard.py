@@ -71,6 +71,12 @@ def _fraction_key(value: Any) -> str:
     return "" if x is None else f"{x:g}"
 
 
+def _filter_values(row: pd.Series) -> dict[str, str]:
+    """A run's values of the check boxes (:data:`FILTERS`): the page's RUNS entry."""
+    return {"family": _text(row.get("family")), "size": _text(row.get("size")),
+            "fraction": _fraction_key(row.get("fraction"))}
+
+
 def _hover(row: pd.Series, metrics: list[tuple[str, str]]) -> str:
     """A run's hover text (Plotly's HTML subset; every value escaped)."""
     e = lambda v: html.escape(_text(v))  # noqa: E731
@@ -196,8 +202,7 @@ def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study",
         ("data scaling", _scaling_view(
             _points(done, st.x_col, st.scaling_metric.column), "data scaling", st.x_label, st.scaling_metric.label)),
     ]
-    runs = [{"family": _text(row.get("family")), "size": _text(row.get("size")),
-             "fraction": _fraction_key(row.get("fraction"))} for _, row in table.iterrows()]
+    runs = [_filter_values(row) for _, row in table.iterrows()]
     ft_done = (finetunes[finetunes["status"] == "done"] if finetunes is not None and "status" in finetunes.columns
                else pd.DataFrame())
     if not ft_done.empty:
@@ -207,8 +212,7 @@ def dashboard_html(st, table: pd.DataFrame, *, title: str = "Scaling study",
         ft = ft_done.assign(_idx=range(len(runs), len(runs) + len(ft_done)), _grid=[grid] * len(ft_done))
         ft["_hover"] = [_hover(r, [("val_top1", "top-1 after fine-tuning"), ("select_top1", "select top-1")])
                         for _, r in ft.iterrows()]
-        runs += [{"family": _text(row.get("family")), "size": _text(row.get("size")),
-                  "fraction": _fraction_key(row.get("fraction"))} for _, row in ft.iterrows()]
+        runs += [_filter_values(row) for _, row in ft.iterrows()]
         views.append(("fine-tuned accuracy vs pre-training compute", _pareto_view(
             _points(ft, compute_col, "val_top1"), "fine-tuned accuracy vs pre-training compute",
             f"parent's {st.compute_label}", "top-1 after fine-tuning (%)", "lower")))
