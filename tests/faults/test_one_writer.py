@@ -198,14 +198,18 @@ def test_a_held_run_is_not_marked_failed_nor_tidied_by_another_process(tmp_path)
 
 
 LAUNCH_LOCK = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from mixer_scaling import launch
 from mixer_scaling.sweep import load
 out = Path(sys.argv[2])
+def put(suffix, text):  # renamed into place: the test, polling for the file, never reads it half-written
+    tmp = out.with_suffix(suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out.with_suffix(suffix))
 sweep = load("smoke", [f"runs_dir={sys.argv[1]}"], progress=False)
-with launch.launch_lock(sweep, on_wait=lambda line: out.with_suffix(".waiting").write_text(line)):
-    out.with_suffix(".holding").write_text("holding")
+with launch.launch_lock(sweep, on_wait=lambda line: put(".waiting", line)):
+    put(".holding", "holding")
     while sys.argv[3] != "-" and not Path(sys.argv[3]).exists():
         time.sleep(0.01)
 """
